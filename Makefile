@@ -1,0 +1,56 @@
+# The two commands of the README:
+#   make book   set up the environment and build the site into _build/html
+#   make test   set up the environment and run every test (unit, notebooks under nbval, the strict book build)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gru-book-installed
+
+# The AG News copy beside the checkout (CI and this workplace); elsewhere the loader downloads into its cache.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/ag_news/test.csv),)
+GRU_LIB_DATA ?= $(SHARED_DATA)
+endif
+ifdef GRU_LIB_DATA
+export GRU_LIB_DATA
+endif
+# MPLBACKEND=Agg silently drops every figure from executed notebooks.
+unexport MPLBACKEND
+export PYTHONHASHSEED := 0
+
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup book test unit nbval book-strict notebooks clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP)
+
+## The book, from the executed notebooks (nbval checks in `make test` that a fresh run reproduces them).
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+## Every test: unit tests and every notebook under strict nbval in one pytest run, then the strict book build.
+test: setup
+	$(BIN)/python -m pytest tests notebooks $(NBVAL)
+	$(MAKE) book
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+nbval: setup
+	$(BIN)/python -m pytest notebooks $(NBVAL)
+
+## Re-execute every notebook in place (after changing code or data), so stored outputs match a fresh run.
+notebooks: setup
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
+
+clean:
+	rm -rf _build

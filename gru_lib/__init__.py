@@ -1,0 +1,20 @@
+"""gru_lib: the library of the GRU book. Each module maps to a chapter:
+
+- ``cell``: the GRU cell from its equations (chapter 1)
+- ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
+"""
+
+from gru_lib.cell import GRUCell, GRUGates, gru_cell, gru_cell_gates
+from gru_lib.errors import CheckpointError, DataError, GruLibError
+from gru_lib.repro import seed_everything
+
+__all__ = [
+    "GRUCell",
+    "GRUGates",
+    "gru_cell",
+    "gru_cell_gates",
+    "GruLibError",
+    "DataError",
+    "CheckpointError",
+    "seed_everything",
+]

@@ -1,0 +1,157 @@
+"""Chapter 1: the GRU cell, written from its equations.
+
+PyTorch (and cuDNN) compute, for input ``x`` and previous state ``h``, with weights stacked in the order r|z|n::
+
+    r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)          reset gate
+    z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)          update gate
+    n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))       candidate state ("reset-after")
+    h' = (1 - z) * n + z * h                             new state
+
+Cho et al. (2014), and d2l, apply the reset gate *before* the recurrent matrix product::
+
+    n  = tanh(W_in x + b_in + W_hn (r * h) + b_hn)       candidate state ("reset-before")
+
+The two are different functions of the same parameters; ``reset_after=False`` selects Cho's form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["GRUGates", "gru_cell_gates", "gru_cell", "GRUCell"]
+
+
+class GRUGates(NamedTuple):
+    """Everything one GRU step computes: reset gate, update gate, candidate state and new state."""
+
+    r: Tensor
+    z: Tensor
+    n: Tensor
+    h: Tensor
+
+
+def gru_cell_gates(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> GRUGates:
+    """One GRU step, returning the gates too. ``x``: (..., D), ``h``: (..., H); weights (3H, D) and (3H, H)."""
+    gi_r, gi_z, gi_n = F.linear(x, weight_ih, bias_ih).chunk(3, dim=-1)
+    if reset_after:
+        gh_r, gh_z, gh_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
+        r = torch.sigmoid(gi_r + gh_r)
+        z = torch.sigmoid(gi_z + gh_z)
+        n = torch.tanh(gi_n + r * gh_n)
+    else:
+        hidden = h.shape[-1]
+        # r and z use the first 2H rows of W_hh exactly as above; only the candidate differs.
+        b_rz = None if bias_hh is None else bias_hh[: 2 * hidden]
+        gh_r, gh_z = F.linear(h, weight_hh[: 2 * hidden], b_rz).chunk(2, dim=-1)
+        r = torch.sigmoid(gi_r + gh_r)
+        z = torch.sigmoid(gi_z + gh_z)
+        b_n = None if bias_hh is None else bias_hh[2 * hidden :]
+        n = torch.tanh(gi_n + F.linear(r * h, weight_hh[2 * hidden :], b_n))
+    h_new = (1 - z) * n + z * h
+    return GRUGates(r, z, n, h_new)
+
+
+def gru_cell(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> Tensor:
+    """One GRU step: the new state ``h'`` (see the module docstring for the equations)."""
+    return gru_cell_gates(x, h, weight_ih, weight_hh, bias_ih, bias_hh, reset_after=reset_after).h
+
+
+class GRUCell(nn.Module):
+    """A drop-in for :class:`torch.nn.GRUCell`, computed from the equations in this module's docstring.
+
+    Same constructor arguments, parameter names and shapes (``weight_ih`` (3H, D), ``weight_hh`` (3H, H),
+    ``bias_ih`` and ``bias_hh`` (3H,), gate order r|z|n), same initialisation U(-1/sqrt(H), 1/sqrt(H)), and the
+    same forward: ``input`` (B, D) or unbatched (D,), ``hx`` (B, H) or (H,), zeros when omitted; returns h'.
+
+    ``reset_after=False`` gives the reset-before candidate of Cho et al. (2014); it loads the same state_dict
+    but computes a different function, so it matches ``nn.GRUCell`` only when ``W_hn`` and ``b_hn`` vanish.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+    ) -> None:
+        super().__init__()
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError(
+                f"GRUCell: input_size and hidden_size must be positive, got {input_size} and {hidden_size}"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.reset_after = reset_after
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            text += ", bias=False"
+        if not self.reset_after:
+            text += ", reset_after=False"
+        return text
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: expected input to be 1D or 2D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"GRUCell: input has inconsistent input_size: got {input.shape[-1]}, expected {self.input_size}"
+            )
+        batched = input.dim() == 2
+        expected_h = (input.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+        if hx is None:
+            hx = input.new_zeros(expected_h)
+        elif tuple(hx.shape) != expected_h:
+            raise ValueError(f"GRUCell: expected hx of shape {expected_h}, got {tuple(hx.shape)}")
+        return gru_cell(
+            input,
+            hx,
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
+            reset_after=self.reset_after,
+        )
