@@ -2,13 +2,18 @@
 
 - ``cell``: the GRU cell from its equations (chapter 1)
 - ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
+- ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 """
 
 from gru_lib.cell import GRUCell, GRUGates, gru_cell, gru_cell_gates
+from gru_lib.distributed import DistContext, init_distributed, wrap_model
 from gru_lib.errors import CheckpointError, DataError, GruLibError
 from gru_lib.repro import seed_everything
 
 __all__ = [
+    "DistContext",
+    "init_distributed",
+    "wrap_model",
     "GRUCell",
     "GRUGates",
     "gru_cell",
