@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GRUGates", "gru_cell_gates", "gru_cell", "GRUCell"]
+__all__ = ["GRUGates", "gru_cell_gates", "gru_gates_from_projection", "gru_cell", "GRUCell"]
 
 
 class GRUGates(NamedTuple):
@@ -46,7 +46,24 @@ def gru_cell_gates(
     reset_after: bool = True,
 ) -> GRUGates:
     """One GRU step, returning the gates too. ``x``: (..., D), ``h``: (..., H); weights (3H, D) and (3H, H)."""
-    gi_r, gi_z, gi_n = F.linear(x, weight_ih, bias_ih).chunk(3, dim=-1)
+    gi = F.linear(x, weight_ih, bias_ih)
+    return gru_gates_from_projection(gi, h, weight_hh, bias_hh, reset_after=reset_after)
+
+
+def gru_gates_from_projection(
+    gi: Tensor,
+    h: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> GRUGates:
+    """One GRU step from the input's projection ``gi = W_ih x + b_ih`` (..., 3H), already computed.
+
+    The input term does not depend on ``h``, so a layer computes it for every time step in one matrix product
+    and only the recurrent half, below, stays inside the loop over time.
+    """
+    gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
     if reset_after:
         gh_r, gh_z, gh_n = F.linear(h, weight_hh, bias_hh).chunk(3, dim=-1)
         r = torch.sigmoid(gi_r + gh_r)

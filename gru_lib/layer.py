@@ -1,0 +1,256 @@
+"""Chapter 3: the GRU layer, a drop-in for :class:`torch.nn.GRU` built on the cell of chapter 1.
+
+A layer runs the cell over time; a stack feeds layer ``l``'s output sequence to layer ``l + 1`` as its input
+(with dropout between layers in training mode, never after the last); a bidirectional layer runs a second cell,
+with its own weights, from the end of each sequence to its start and concatenates both outputs on the feature
+axis. For layer ``l`` and direction ``d`` (0 forward, 1 reverse), ``h_n[l * num_directions + d]`` is that
+direction's final state: after the last valid step going forward, after step 0 going backward.
+
+Variable lengths (a :class:`PackedSequence`) are handled by masking: a step past a sequence's end leaves its
+state unchanged and writes a zero output, which is exactly what cuDNN and ``nn.GRU`` compute on packed input.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from gru_lib.cell import gru_gates_from_projection
+
+__all__ = ["GRU"]
+
+
+def _check_size(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"GRU: {name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"GRU: {name} must be greater than zero, got {value}")
+    return value
+
+
+class GRU(nn.Module):
+    """A multi-layer GRU with :class:`torch.nn.GRU`'s constructor, parameters and forward.
+
+    Parameters are registered in ``nn.GRU``'s names, shapes and order (``weight_ih_l0`` (3H, D),
+    ``weight_hh_l0`` (3H, H), ``bias_ih_l0``, ``bias_hh_l0`` (3H,), then ``..._l0_reverse``, then ``..._l1``
+    whose input size is ``H * num_directions``), gate order r|z|n, initialised U(-1/sqrt(H), 1/sqrt(H)) in
+    that order, so ``state_dict`` moves between the two both ways (and equal seeds give equal weights).
+
+    ``forward(input, hx=None) -> (output, h_n)``: ``input`` (T, B, D), (B, T, D) with ``batch_first``,
+    unbatched (T, D), or a :class:`PackedSequence`; ``hx`` (num_layers * num_directions, B, H), unbatched
+    (num_layers * num_directions, H), zeros when omitted. ``output`` (T, B, num_directions * H) (or batch
+    first, unbatched, or packed like the input, with the input's sorting indices); ``h_n`` like ``hx``, in the
+    caller's batch order.
+
+    The time loop lives in :meth:`_scan_direction` (one layer, one direction), the one method a faster
+    subclass overrides; everything else (layouts, packing, stacking, dropout) stays here.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            raise ValueError(
+                f"GRU: dropout should be a number in range [0, 1] (the probability of zeroing an element), "
+                f"got {dropout!r}"
+            )
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"GRU: {name} should be of type bool, got: {type(flag).__name__}")
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=2,
+            )
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+
+        factory = {"device": device, "dtype": dtype}
+        gates = 3 * hidden_size
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = {"weight_ih": (gates, layer_input), "weight_hh": (gates, hidden_size)}
+                if bias:
+                    shapes |= {"bias_ih": (gates,), "bias_hh": (gates,)}
+                names = []
+                for stem, shape in shapes.items():
+                    self.register_parameter(stem + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(stem + suffix)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, as ``nn.GRU.all_weights`` lists them."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op kept for drop-in compatibility (``nn.GRU`` packs its weights for cuDNN here)."""
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.batch_first:
+            text += ", batch_first=True"
+        if self.dropout != 0:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        return text
+
+    def _weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        weight_ih, weight_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
+        if not self.bias:
+            return weight_ih, weight_hh, None, None
+        return weight_ih, weight_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)
+
+    def _check_input(self, x: Tensor) -> None:
+        dtype = self.weight_ih_l0.dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"GRU: input dtype ({x.dtype}) does not match weight dtype ({dtype}); convert the input with "
+                f"input.to({dtype}) or the model with model.to({x.dtype})"
+            )
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"GRU: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
+            )
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        lengths: Tensor | None = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data)
+            # Padded, time-major, in the packed (sorted) order, with the lengths in that order.
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            unbatched = input.dim() == 2
+            if hx is not None and hx.dim() != (2 if unbatched else 3):
+                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                raise RuntimeError(
+                    f"GRU: for {kind} input, hx should also be {2 if unbatched else 3}-D "
+                    f"but got {hx.dim()}-D tensor"
+                )
+            self._check_input(input)
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            if unbatched and hx is not None:
+                hx = hx.unsqueeze(1)
+            if x.size(0) == 0:
+                raise RuntimeError("GRU: Expected sequence length to be larger than 0 in RNN")
+            sorted_indices = unsorted_indices = None
+
+        batch = x.size(1)
+        expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            hx = x.new_zeros(expected)
+        else:
+            if tuple(hx.shape) != expected:
+                got = list(hx.shape[:1] + hx.shape[2:]) if unbatched else list(hx.shape)
+                want = (expected[0], expected[2]) if unbatched else expected
+                raise RuntimeError(f"GRU: Expected hidden size {want}, got {got}")
+            if sorted_indices is not None:
+                hx = hx.index_select(1, sorted_indices)
+
+        layer_input = x
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                output, h_last = self._scan_direction(
+                    layer_input, hx[index], lengths, *self._weights(layer, direction), reverse=direction == 1
+                )
+                outputs.append(output)
+                finals.append(h_last)
+            layer_input = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        h_n = torch.stack(finals)
+
+        if packed:
+            data_out = pack_padded_sequence(layer_input, lengths).data
+            output_packed = PackedSequence(data_out, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+            return output_packed, h_n
+        if unbatched:
+            return layer_input.squeeze(1), h_n.squeeze(1)
+        return (layer_input.transpose(0, 1) if self.batch_first else layer_input), h_n
+
+    def _scan_direction(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        lengths: Tensor | None,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        reverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """One layer, one direction, over a time-major padded batch.
+        x: (T, B, D_in); h0: (B, H); lengths: (B,) int64 tensor on the CPU (any order), or None = all T.
+        Returns output (T, B, H), zero at steps t >= lengths[b], and h_n (B, H): the state after each sequence's
+        last valid step (forward), or after step 0 (reverse; the reverse direction reads each sequence
+        backwards from its own last valid step)."""
+        steps = x.size(0)
+        # W_ih x_t + b_ih does not depend on h: one matrix product for all steps, outside the loop.
+        gi = F.linear(x, weight_ih, bias_ih)
+        valid = None
+        if lengths is not None:
+            # valid[t, b] is True while t < lengths[b]: past the end the state is held and the output is 0.
+            time = torch.arange(steps, device=lengths.device)
+            valid = (time[:, None] < lengths[None, :]).to(x.device).unsqueeze(-1)
+        h = h0
+        outputs: list[Tensor] = [h0] * steps
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            h_step = gru_gates_from_projection(gi[t], h, weight_hh, bias_hh).h
+            if valid is None:
+                h = h_step
+                outputs[t] = h
+            else:
+                # Reverse: the steps t >= lengths[b] come first and leave h0 untouched until the sequence starts.
+                h = torch.where(valid[t], h_step, h)
+                outputs[t] = h.masked_fill(~valid[t], 0.0)
+        return torch.stack(outputs), h
