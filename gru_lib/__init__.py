@@ -2,15 +2,19 @@
 
 - ``cell``: the GRU cell from its equations (chapter 1)
 - ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
+- ``data``: AG News from its official CSV files, validated, downloaded into a cache when missing (chapter 4)
+- ``text``: tokenizer, vocabulary, numericalisation, length-bucketed batching: what replaced torchtext (chapter 4)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
 """
 
 from gru_lib.cell import GRUCell, GRUGates, gru_cell, gru_cell_gates, gru_gates_from_projection
 from gru_lib.distributed import DistContext, init_distributed, wrap_model
+from gru_lib.data import CLASSES, NewsExample, describe_ag_news, ensure_ag_news, load_ag_news
 from gru_lib.errors import CheckpointError, DataError, GruLibError
 from gru_lib.layer import GRU
 from gru_lib.repro import seed_everything
+from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded, numericalize, tokenize
 
 __all__ = [
     "DistContext",
@@ -26,4 +30,15 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "seed_everything",
+    "CLASSES",
+    "NewsExample",
+    "load_ag_news",
+    "ensure_ag_news",
+    "describe_ag_news",
+    "tokenize",
+    "Vocab",
+    "numericalize",
+    "EncodedDataset",
+    "BucketBatchSampler",
+    "collate_padded",
 ]

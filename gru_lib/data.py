@@ -1,0 +1,323 @@
+"""Chapter 4: AG News, read from its official CSV files (and downloaded once into a cache when missing).
+
+The format (Zhang, Zhao and LeCun, 2015; the ``ag_news_csv`` release): UTF-8, no header, one article per line,
+three fields each wrapped in double quotes (a quote inside a field is doubled)::
+
+    "3","Wall St. Bears Claw Back Into the Black (Reuters)","Reuters - Short-sellers, Wall Street's ..."
+
+class index 1..4 (World, Sports, Business, Sci/Tech), title, description. In code labels are 0..3.
+The official splits have 120,000 (train) and 7,600 (test) rows, 30,000 and 1,900 per class.
+
+Where the files live: ``<data_dir>/ag_news/{train,test}.csv`` with ``data_dir`` the explicit argument, else
+``$GRU_LIB_DATA``, else the user's cache home (``$XDG_CACHE_HOME`` or ``~/.cache``) ``/gru_lib``.
+A file that is there is read as it is and validated (it may be a subset: its checksum is only reported).
+A file that is missing is downloaded (``download=True``) from the mirror torchtext used, atomically: into a
+temporary file beside the target, verified against the published md5, then renamed; a mismatch or a transfer
+cut short leaves nothing behind. ``$GRU_LIB_AG_NEWS_URL`` (or ``url_base=``) points at another mirror.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import http.client
+import io
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gru_lib.errors import DataError
+
+__all__ = [
+    "CLASSES",
+    "SPLITS",
+    "AG_NEWS_URL_BASE",
+    "AG_NEWS_MD5",
+    "OFFICIAL_ROWS",
+    "NewsExample",
+    "SplitInfo",
+    "default_data_dir",
+    "ensure_ag_news",
+    "read_ag_news_csv",
+    "load_ag_news",
+    "describe_ag_news",
+    "add_parser",
+]
+
+CLASSES: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
+SPLITS: tuple[str, ...] = ("train", "test")
+AG_NEWS_URL_BASE = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv"
+AG_NEWS_MD5: dict[str, str] = {
+    "train": "b1a00f826fdfbd249f79597b59e1dc12",
+    "test": "d52ea96a97a2d943681189a97654912d",
+}
+OFFICIAL_ROWS: dict[str, int] = {"train": 120_000, "test": 7_600}
+DATA_ENV = "GRU_LIB_DATA"
+URL_ENV = "GRU_LIB_AG_NEWS_URL"
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class NewsExample:
+    """One article: ``label`` in 0..3 (an index into :data:`CLASSES`), its title and its description."""
+
+    label: int
+    title: str
+    description: str
+
+    @property
+    def text(self) -> str:
+        """What a model reads: ``title + " " + description`` (as Hugging Face's ``ag_news`` joins them)."""
+        return f"{self.title} {self.description}"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What :func:`describe_ag_news` reports about one split's file."""
+
+    split: str
+    path: Path
+    rows: int
+    per_class: tuple[int, ...]
+    md5: str
+
+    @property
+    def official_rows(self) -> int:
+        return OFFICIAL_ROWS[self.split]
+
+    @property
+    def is_official(self) -> bool:
+        """True when the file is byte for byte the published one (its md5 matches)."""
+        return self.md5 == AG_NEWS_MD5[self.split]
+
+    def summary(self) -> str:
+        """E.g. ``10,880 train rows (subset; official: 120,000)`` or ``7,600 test rows (official file)``."""
+        if self.is_official:
+            kind = "official file"
+        elif self.rows < self.official_rows:
+            kind = f"subset; official: {self.official_rows:,}"
+        else:
+            kind = f"not the official file; official: {self.official_rows:,} rows"
+        return f"{self.rows:,} {self.split} rows ({kind})"
+
+
+def default_data_dir() -> Path:
+    """``$GRU_LIB_DATA`` if set, else ``$XDG_CACHE_HOME/gru_lib`` (``~/.cache/gru_lib`` by default)."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home).expanduser() / "gru_lib"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def _url_base(url_base: str | None) -> str:
+    return (url_base or os.environ.get(URL_ENV) or AG_NEWS_URL_BASE).rstrip("/")
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _where_to_put(ag_dir: Path, base: str) -> str:
+    return (
+        f"put train.csv and test.csv from {base}/ into {ag_dir}/ "
+        f"(or set {DATA_ENV} to the directory that holds an ag_news/ folder)"
+    )
+
+
+def _download(url: str, target: Path, md5: str, *, timeout: float, progress: bool) -> None:
+    """Fetch ``url`` into ``target``: temporary file in the same folder, check length and md5, then rename."""
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+    tmp = Path(handle.name)
+    received, total = 0, None
+    try:
+        with handle:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                declared = response.headers.get("Content-Length")
+                total = int(declared) if declared and declared.isdigit() else None
+                digest = hashlib.md5()
+                with tqdm(
+                    total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, leave=False
+                ) as bar:
+                    while chunk := response.read(_CHUNK):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        if total is not None and received != total:
+            raise DataError(f"download of {url} was cut short: got {received:,} of {total:,} bytes; nothing was kept")
+        actual = digest.hexdigest()
+        if actual != md5:
+            raise DataError(
+                f"checksum mismatch for {url}: md5 {actual}, expected {md5}; the downloaded file was deleted"
+            )
+        os.replace(tmp, target)
+    except urllib.error.HTTPError as error:
+        raise DataError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
+    except http.client.IncompleteRead as error:
+        raise DataError(
+            f"download of {url} was cut short: got {received + len(error.partial):,} bytes"
+            + (f" of {total:,}" if total is not None else "")
+            + "; nothing was kept"
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise DataError(f"could not download {url} ({reason})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_ag_news(
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    url_base: str | None = None,
+    timeout: float = 30.0,
+    splits: Iterable[str] = SPLITS,
+    checksums: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return ``<data_dir>/ag_news`` once it holds ``{split}.csv`` for every split asked for.
+
+    Files already there are left as they are. Missing ones are downloaded from ``url_base`` (default
+    ``$GRU_LIB_AG_NEWS_URL`` or the torchtext mirror) with a socket ``timeout`` in seconds, and verified
+    against ``checksums`` (default :data:`AG_NEWS_MD5`). With ``download=False``, or when the download fails
+    (offline, unreachable), a :class:`DataError` says where to put the files and where to get them.
+    """
+    ag_dir = Path(data_dir).expanduser() / "ag_news" if data_dir is not None else default_data_dir() / "ag_news"
+    base = _url_base(url_base)
+    sums = dict(AG_NEWS_MD5 if checksums is None else checksums)
+    for split in splits:
+        _check_split(split)
+        target = ag_dir / f"{split}.csv"
+        if target.is_file():
+            continue
+        if not download:
+            raise DataError(f"{target}: file not found; {_where_to_put(ag_dir, base)}")
+        try:
+            _download(f"{base}/{split}.csv", target, sums[split], timeout=timeout, progress=progress)
+        except DataError as error:
+            raise DataError(f"{error}; {_where_to_put(ag_dir, base)}") from None
+        except OSError as error:  # the cache folder cannot be written, the disk is full, ...
+            reason = error.strerror or error
+            raise DataError(f"{target}: cannot write ({reason}); {_where_to_put(ag_dir, base)}") from None
+    return ag_dir
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(
+            f"{path}, line {line}: bytes that are not UTF-8 (0x{raw[error.start]:02x} at column {column})"
+        ) from None
+
+
+def read_ag_news_csv(path: str | Path) -> list[NewsExample]:
+    """Parse and validate one AG News CSV file; every problem is a :class:`DataError` naming file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a CSV file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty, expected rows of (label, title, description)")
+    text = _decode(path, raw)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    examples: list[NewsExample] = []
+    line = 0
+    try:
+        for row in reader:
+            line = reader.line_num
+            if len(row) != 3:
+                raise DataError(
+                    f"{path}, line {line}: expected 3 columns (label, title, description), got {len(row)}"
+                )
+            label = row[0].strip()
+            if label not in ("1", "2", "3", "4"):
+                raise DataError(f"{path}, line {line}: label must be 1, 2, 3 or 4, got {row[0]!r}")
+            examples.append(NewsExample(int(label) - 1, row[1], row[2]))
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num or line + 1}: malformed CSV ({error})") from None
+    return examples
+
+
+def load_ag_news(
+    split: str,
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    url_base: str | None = None,
+    timeout: float = 30.0,
+) -> list[NewsExample]:
+    """The ``split`` ("train" or "test") of AG News as :class:`NewsExample` rows, in file order.
+
+    ``data_dir`` is the directory that holds ``ag_news/`` (default :func:`default_data_dir`); a missing file
+    is downloaded first when ``download`` is true (see :func:`ensure_ag_news`).
+    """
+    _check_split(split)
+    ag_dir = ensure_ag_news(data_dir, download=download, url_base=url_base, timeout=timeout, splits=(split,))
+    return read_ag_news_csv(ag_dir / f"{split}.csv")
+
+
+def describe_ag_news(data_dir: str | Path | None = None, *, download: bool = False) -> dict[str, SplitInfo]:
+    """Row counts, per-class counts and checksums of each split found (both validated by reading them).
+
+    Without ``download`` it only describes what is there and raises :class:`DataError` when nothing is.
+    """
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    present = [s for s in SPLITS if (root / "ag_news" / f"{s}.csv").is_file()]
+    if download or not present:
+        ensure_ag_news(root, download=download)
+        present = list(SPLITS)
+    info: dict[str, SplitInfo] = {}
+    for split in present:
+        path = root / "ag_news" / f"{split}.csv"
+        examples = read_ag_news_csv(path)
+        counts = Counter(e.label for e in examples)
+        per_class = tuple(counts.get(k, 0) for k in range(len(CLASSES)))
+        info[split] = SplitInfo(split, path, len(examples), per_class, _md5_file(path))
+    return info
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    info = describe_ag_news(args.data_dir, download=args.download)
+    for item in info.values():
+        classes = ", ".join(f"{name} {n:,}" for name, n in zip(CLASSES, item.per_class))
+        print(f"{item.path}: {item.summary()}; {classes}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``python -m gru_lib data``: find (or download) AG News, validate it, report its row counts."""
+    parser = subparsers.add_parser("data", help="check the AG News files and report their row counts")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"directory holding ag_news/ (default: ${DATA_ENV} or the user cache)"
+    )
+    parser.add_argument("--download", action="store_true", help="download missing files into the data directory")
+    parser.set_defaults(func=_run_data)
