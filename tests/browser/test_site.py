@@ -1,0 +1,382 @@
+"""The built site, checked in a real browser: every page of ``_build/html`` opened in headless Chromium.
+
+Checks, on every page found in the built HTML (not a hand-written list): no console errors or uncaught exceptions,
+no request leaving 127.0.0.1 (the site works offline), maths typeset by the MathJax served from the site (no raw
+``$$``, no MathJax error), every image loaded and described (alt text, or a figure with a caption), every internal
+link pointing at an existing file and anchor; and the search page finds "reset gate". A full-page screenshot of each
+chapter and prose page goes to ``_build/screenshots/``; the figures of the run to ``_build/browser-report.json``.
+
+Run it after the book build (``make test`` does: ``make book``, then ``pytest tests/browser``). Outside
+``make test`` it skips when the site or Chromium is missing; with ``GRU_BOOK_REQUIRE_SITE=1`` (set by ``make test``)
+a missing site or browser is a failure. ``GRU_BOOK_SITE`` points it at another built site; ``CHROMIUM`` at another
+browser binary (by default the system's ``chromium``, else one installed by ``playwright install chromium``).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = Path(os.environ.get("GRU_BOOK_SITE", ROOT / "_build" / "html")).resolve()
+BOOK_SOURCE = Path(os.environ.get("GRU_BOOK_SOURCE", ROOT)).resolve()
+SCREENSHOTS = SITE.parent / "screenshots"
+REPORT = SITE.parent / "browser-report.json"
+REQUIRED = os.environ.get("GRU_BOOK_REQUIRE_SITE") == "1"
+
+# Keep Chromium quiet and offline (no updates, sync, QUIC or background fetches).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Folders of the built site that hold assets, not pages.
+ASSET_DIRS = ("_static", "_sources", "_images", "_sphinx_design_static")
+PAGE_TIMEOUT_MS = 30_000
+
+
+def _chromium() -> str | None:
+    candidate = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    return candidate if Path(candidate).is_file() else None
+
+
+def _missing(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (GRU_BOOK_REQUIRE_SITE=1: run `make book` first / install chromium)", pytrace=False)
+    pytest.skip(reason)
+
+
+_REFRESH = re.compile(r'<meta\s+http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.IGNORECASE)
+
+
+def site_pages() -> list[str]:
+    """Every HTML page of the built site, as paths relative to its root ("book/intro.html", ...)."""
+    return sorted(
+        p.relative_to(SITE).as_posix()
+        for p in SITE.rglob("*.html")
+        if not p.relative_to(SITE).parts[0] in ASSET_DIRS
+    )
+
+
+def redirect_target(page_path: str) -> str | None:
+    """The target of a page that only redirects (the site's index.html), else None."""
+    html = (SITE / page_path).read_text(encoding="utf-8", errors="replace")
+    match = _REFRESH.search(html)
+    return match.group(1) if match and len(html) < 1000 else None
+
+
+class _Ids(HTMLParser):
+    """Collects the anchors a URL fragment can point at: every ``id`` and every ``<a name>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if value and (key == "id" or (key == "name" and tag == "a")):
+                self.ids.add(value)
+
+
+@functools.cache
+def anchors_of(path: Path) -> frozenset[str]:
+    parser = _Ids()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return frozenset(parser.ids)
+
+
+@dataclass
+class PageResult:
+    page: str
+    console_errors: list[str] = field(default_factory=list)
+    external_requests: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+    math_elements: int = 0
+    math_typeset: int = 0
+    math_errors: int = 0
+    raw_tex: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    if not (SITE / "index.html").is_file():
+        _missing(f"no built site at {SITE}")
+    handler = functools.partial(_QuietHandler, directory=str(SITE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser_context(server: str, tmp_path_factory: pytest.TempPathFactory):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # The system's Chromium; else one that `playwright install chromium` downloaded (where there is a network).
+        executable = _chromium()
+        if executable is None and Path(playwright.chromium.executable_path).is_file():
+            executable = playwright.chromium.executable_path
+        if executable is None:
+            _missing("no Chromium (apt-get install chromium, or python -m playwright install chromium)")
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh --user-data-dir
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+# In the page: wait for every image (lazy ones made eager), then describe each.
+_IMAGES_JS = """async () => {
+  const imgs = Array.from(document.querySelectorAll('img'));
+  await Promise.all(imgs.map(img => {
+    img.loading = 'eager';
+    if (img.complete) return null;
+    return new Promise(done => {
+      img.addEventListener('load', done); img.addEventListener('error', done); setTimeout(done, 10000);
+    });
+  }));
+  return imgs.map(img => {
+    const figure = img.closest('figure');
+    const caption = figure ? figure.querySelector('figcaption') : null;
+    return {src: img.getAttribute('src') || '', naturalWidth: img.naturalWidth,
+            alt: (img.getAttribute('alt') || '').trim(),
+            caption: caption ? caption.textContent.trim() : ''};
+  });
+}"""
+
+# In the page: visible text outside code, where raw TeX would show if MathJax had not typeset it.
+_PROSE_TEXT_JS = """() => {
+  const body = document.querySelector('main') || document.body;
+  const clone = body.cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, mjx-container, mjx-assistive-mml').forEach(e => e.remove());
+  return clone.innerText;
+}"""
+
+_MATH_JS = """async () => {
+  const math = document.querySelectorAll('.math, span.math, div.math');
+  if (math.length && window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  const typeset = Array.from(math).filter(e => e.querySelector('mjx-container')).length;
+  return {math: math.length, typeset: typeset, errors: document.querySelectorAll('mjx-merror').length,
+          mathjax: !!(window.MathJax && MathJax.version), version: window.MathJax ? (MathJax.version || '') : ''};
+}"""
+
+
+def _visit(context, base: str, page_path: str) -> PageResult:
+    result = PageResult(page_path)
+    target = redirect_target(page_path)
+    if target is not None:  # nothing to render: judge its one link
+        result.links = [urljoin(urljoin(base, page_path), target)]
+        return result
+    page = context.new_page()
+    base_host = urlsplit(base).netloc
+
+    page.on("console", lambda msg: result.console_errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: result.console_errors.append(f"uncaught: {exc}"))
+    page.on("requestfailed", lambda req: result.failed_requests.append(f"{req.url} ({req.failure})"))
+
+    def guard(route) -> None:
+        url = route.request.url
+        if urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc != base_host:
+            result.external_requests.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/*", guard)
+    try:
+        page.goto(urljoin(base, page_path), wait_until="load", timeout=PAGE_TIMEOUT_MS)
+        math = page.evaluate(_MATH_JS)
+        result.math_elements, result.math_typeset, result.math_errors = math["math"], math["typeset"], math["errors"]
+        text = page.evaluate(_PROSE_TEXT_JS)
+        result.raw_tex = sorted({m for m in re.findall(r"\$\$|\\\(|\\\[|\\begin\{", text)})
+        result.images = page.evaluate(_IMAGES_JS)
+        result.links = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+        if page_path.startswith(("book/", "notebooks/")):
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"{Path(page_path).stem}.png"), full_page=True)
+    finally:
+        page.close()
+    return result
+
+
+@pytest.fixture(scope="session")
+def visited(browser_context, server: str) -> dict[str, PageResult]:
+    """Opens every page once; the tests below judge what was seen."""
+    start = time.perf_counter()
+    results = {path: _visit(browser_context, server, path) for path in site_pages()}
+    seconds = time.perf_counter() - start
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(
+        json.dumps(
+            {
+                "pages_visited": len(results),
+                "images_checked": sum(len(r.images) for r in results.values()),
+                "links_checked": sum(len(r.links) for r in results.values()),
+                "pages_with_maths": sum(1 for r in results.values() if r.math_elements),
+                "equations_typeset": sum(r.math_typeset for r in results.values()),
+                "screenshots": len(list(SCREENSHOTS.glob("*.png"))) if SCREENSHOTS.is_dir() else 0,
+                "seconds": round(seconds, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return results
+
+
+def _report(failures: list[str], what: str) -> None:
+    assert not failures, f"{len(failures)} {what}:\n" + "\n".join(failures[:50])
+
+
+def test_every_toc_entry_is_a_built_page() -> None:
+    """The pages visited are discovered from the built files; this checks none of the toc's entries is missing."""
+    if not SITE.is_dir():
+        _missing(f"no built site at {SITE}")
+    toc = yaml.safe_load((BOOK_SOURCE / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    pages = set(site_pages())
+    missing = [f for f in files if f"{Path(f).with_suffix('')}.html" not in pages]
+    _report(missing, "toc entries without a built page")
+    assert len(files) >= 2
+
+
+def test_no_console_errors(visited: dict[str, PageResult]) -> None:
+    failures = [f"{p}: {e}" for p, r in visited.items() for e in r.console_errors]
+    failures += [f"{p}: request failed {e}" for p, r in visited.items() for e in r.failed_requests
+                 if not any(e.startswith(x) for x in r.external_requests)]
+    _report(failures, "console errors or failed requests")
+
+
+def test_works_offline(visited: dict[str, PageResult]) -> None:
+    """Loading a page fetches nothing from outside the site (MathJax, fonts, scripts are all served locally)."""
+    failures = [f"{p}: {u}" for p, r in visited.items() for u in r.external_requests]
+    _report(failures, "requests that left the site")
+
+
+def test_maths_is_typeset(visited: dict[str, PageResult]) -> None:
+    with_maths = {p: r for p, r in visited.items() if r.math_elements}
+    assert "book/intro.html" in with_maths, "the intro's equations were not found: is the maths markup unchanged?"
+    failures = [f"{p}: {r.math_typeset} of {r.math_elements} equations typeset" for p, r in with_maths.items()
+                if r.math_typeset < r.math_elements]
+    failures += [f"{p}: {r.math_errors} MathJax errors" for p, r in visited.items() if r.math_errors]
+    failures += [f"{p}: raw TeX in the visible text: {r.raw_tex}" for p, r in visited.items() if r.raw_tex]
+    _report(failures, "pages with maths not typeset")
+
+
+def test_mathjax_comes_from_the_site() -> None:
+    """No page references a CDN for MathJax; the MathJax 3 they load is a file of the built site."""
+    if not SITE.is_dir():
+        _missing(f"no built site at {SITE}")
+    failures, loaded = [], set()
+    for path in site_pages():
+        html = (SITE / path).read_text(encoding="utf-8")
+        for src in re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', html, flags=re.IGNORECASE):
+            if re.match(r"(https?:)?//", src):
+                failures.append(f"{path}: {src}")
+            else:
+                loaded.add((SITE / path).parent.joinpath(src).resolve())
+        if re.search(r"cdn\.jsdelivr|cdnjs", html):
+            failures.append(f"{path}: mentions a CDN")
+    _report(failures, "pages that load MathJax from elsewhere")
+    assert loaded, "no page loads MathJax"
+    for script in loaded:
+        assert script.is_file(), f"{script} is referenced but not in the site"
+        assert "3." in re.search(r'VERSION\s*=\s*"([^"]+)"', script.read_text(errors="replace")).group(1)
+
+
+def test_images_load_and_are_described(visited: dict[str, PageResult]) -> None:
+    failures = []
+    for p, r in visited.items():
+        for img in r.images:
+            if img["naturalWidth"] <= 0:
+                failures.append(f"{p}: image did not load: {img['src']}")
+            if not img["alt"] and not img["caption"]:
+                failures.append(f"{p}: image without alt text or figure caption: {img['src']}")
+    _report(failures, "image problems")
+
+
+def test_internal_links_resolve(visited: dict[str, PageResult], server: str) -> None:
+    host = urlsplit(server).netloc
+    failures, checked = [], 0
+    for p, r in visited.items():
+        for href in r.links:
+            url = urlsplit(href)
+            if url.scheme not in ("http", "https") or url.netloc != host:
+                continue
+            checked += 1
+            target = SITE / unquote(url.path).lstrip("/")
+            if url.path.endswith("/") or target.is_dir():
+                target = target / "index.html"
+            if not target.is_file():
+                failures.append(f"{p}: {href} -> no such file")
+            elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in anchors_of(target):
+                failures.append(f"{p}: {href} -> no anchor #{url.fragment}")
+    _report(failures, "broken internal links")
+    assert checked > len(visited), "suspiciously few internal links found"
+
+
+def test_search_finds_reset_gate(browser_context, server: str) -> None:
+    page = browser_context.new_page()
+    try:
+        page.goto(urljoin(server, "search.html?q=reset+gate"), wait_until="load", timeout=PAGE_TIMEOUT_MS)
+        page.wait_for_selector("#search-results ul.search li", timeout=PAGE_TIMEOUT_MS)
+        hits = page.eval_on_selector_all("#search-results ul.search li a", "as => as.map(a => a.href)")
+    finally:
+        page.close()
+    assert any("glossary" in h for h in hits), f"the glossary (which defines the reset gate) is not among {hits}"
+
+
+def test_chapters_have_screenshots(visited: dict[str, PageResult]) -> None:
+    expected = {Path(p).stem for p in visited if p.startswith(("book/", "notebooks/"))}
+    found = {p.stem for p in SCREENSHOTS.glob("*.png")}
+    assert expected and expected <= found, f"missing screenshots: {sorted(expected - found)}"
