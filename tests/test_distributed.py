@@ -225,3 +225,25 @@ def test_cuda_request_without_cuda_is_a_user_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(GruLibError, match="CUDA is not available"):
         init_distributed(device="cuda")
+
+
+@pytest.mark.parametrize("n_examples", [37, 40, 41, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sharded_bucket_sampler_gives_every_rank_the_same_number_of_batches(n_examples: int, drop_last: bool) -> None:
+    from gru_lib.text import BucketBatchSampler
+
+    lengths = [(7 * i) % 13 + 1 for i in range(n_examples)]
+    shares = []
+    for rank in range(WORLD):
+        sampler = BucketBatchSampler(lengths, 4, shuffle=True, seed=5, drop_last=drop_last,
+                                     num_replicas=WORLD, rank=rank)
+        sampler.set_epoch(1)
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler)
+    # Equal counts: every rank enters the same number of gradient all-reduces, so none waits forever.
+    assert len({len(share) for share in shares}) == 1
+    seen = {i for share in shares for batch in share for i in batch}
+    if drop_last:
+        assert len(seen) >= 4 * WORLD * len(shares[0])
+    else:
+        assert seen == set(range(n_examples))
