@@ -380,3 +380,19 @@ def test_chapters_have_screenshots(visited: dict[str, PageResult]) -> None:
     expected = {Path(p).stem for p in visited if p.startswith(("book/", "notebooks/"))}
     found = {p.stem for p in SCREENSHOTS.glob("*.png")}
     assert expected and expected <= found, f"missing screenshots: {sorted(expected - found)}"
+
+
+def test_chapters_offer_download_and_launch_buttons(visited: dict[str, PageResult]) -> None:
+    """Each chapter links its .ipynb (the download button) and opens on Binder and Colab (the launch buttons)."""
+    chapters = {p: r for p, r in visited.items() if p.startswith("notebooks/")}
+    failures = []
+    for p, r in chapters.items():
+        name = f"{Path(p).stem}.ipynb"
+        wanted = {
+            "download": lambda h: urlsplit(h).path.endswith(f"/_sources/notebooks/{name}"),
+            "binder": lambda h: h.startswith("https://mybinder.org/") and name in h,
+            "colab": lambda h: h.startswith("https://colab.research.google.com/github/gru-book/gru-book/") and name in h,
+        }
+        failures += [f"{p}: no {what} link" for what, ok in wanted.items() if not any(ok(h) for h in r.links)]
+    _report(failures, "missing buttons")
+    assert chapters, "no chapter pages were built"
