@@ -52,7 +52,7 @@ nbval: setup
 
 ## Re-execute every notebook in place (after changing code or data), so stored outputs match a fresh run.
 notebooks: setup
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
+	for nb in notebooks/*.ipynb; do echo "executing $$nb"; $(BIN)/jupyter-execute --inplace --timeout=1200 "$$nb"; done
 
 clean:
 	rm -rf _build
