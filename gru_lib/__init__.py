@@ -4,6 +4,10 @@
 - ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
 - ``data``: AG News from its official CSV files, validated, downloaded into a cache when missing (chapter 4)
 - ``text``: tokenizer, vocabulary, numericalisation, length-bucketed batching: what replaced torchtext (chapter 4)
+- ``models``: the news classifier: embedding, GRU backend, masked pooling, linear (chapter 5)
+- ``metrics``: accuracy, macro-F1, confusion matrix, per-class scores (chapter 5)
+- ``train``: the trainer and the ``train``/``evaluate``/``predict`` commands (chapter 5)
+- ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
 """
@@ -13,7 +17,10 @@ from gru_lib.distributed import DistContext, init_distributed, wrap_model
 from gru_lib.data import CLASSES, NewsExample, describe_ag_news, ensure_ag_news, load_ag_news
 from gru_lib.errors import CheckpointError, DataError, GruLibError
 from gru_lib.layer import GRU
+from gru_lib.metrics import classification_report, confusion_matrix
+from gru_lib.models import NewsClassifier
 from gru_lib.repro import seed_everything
+from gru_lib.train import TrainConfig, load_classifier, train
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded, numericalize, tokenize
 
 __all__ = [
@@ -41,4 +48,10 @@ __all__ = [
     "EncodedDataset",
     "BucketBatchSampler",
     "collate_padded",
+    "NewsClassifier",
+    "confusion_matrix",
+    "classification_report",
+    "TrainConfig",
+    "train",
+    "load_classifier",
 ]

@@ -1,0 +1,178 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects, validated with one-line errors.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain types (dicts, lists, strings, numbers),
+so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``, which refuses anything else::
+
+    format, version            "gru_lib.checkpoint", 1
+    model                      the classifier's state_dict
+    model_config               NewsClassifier's constructor arguments
+    vocab                      Vocab.to_dict()
+    train_config               TrainConfig as a dict
+    training                   what an exact resume needs: epoch, batch_in_epoch (the sampler's position),
+                               step, optimizer / scheduler / grad-scaler states, RNG states (as tensors),
+                               the history so far and the running sums of the current epoch
+
+Atomic write: the bytes go to a temporary file in the same directory, are flushed and fsync'ed, and
+``os.replace`` swaps it in (atomic on POSIX), then the directory is fsync'ed. A kill at any moment leaves
+either the previous checkpoint or the new one, both complete, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gru_lib.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FORMAT",
+    "VERSION",
+    "atomic_torch_save",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_path",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+FORMAT = "gru_lib.checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS: tuple[str, ...] = ("model", "model_config", "vocab", "train_config")
+# Fault tests only: seconds to sleep between writing the temporary file and swapping it in.
+_SLEEP_ENV = "GRU_LIB_CHECKPOINT_SLEEP"
+
+
+def checkpoint_path(directory: str | Path) -> Path:
+    """The latest checkpoint of a run directory (``--out`` of ``train``, ``--model`` of ``evaluate``)."""
+    return Path(directory) / CHECKPOINT_NAME
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` so that ``path`` is never seen half-written (module docstring)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        delay = float(os.environ.get(_SLEEP_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` (the keys in the module docstring) atomically, stamped with format and version."""
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"save_checkpoint: state lacks {', '.join(missing)}")
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **state}, path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = [line.strip() for line in str(error).strip().splitlines()]
+    # torch's weights-only refusal opens with advice; the line that names the problem follows it.
+    named = [line for line in text if line.startswith("WeightsUnpickler error:")]
+    line = named[0].removeprefix("WeightsUnpickler error:").strip() if named else (text[0] if text else "")
+    line = line.split(" was not an allowed global")[0] or type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    require_training: bool = False) -> dict[str, Any]:
+    """Read and validate a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointError` naming ``path`` and the problem: missing, not a file, truncated or
+    corrupted, holding objects other than tensors and plain types, another format or version, missing keys
+    (``require_training``: the resume state too) or keys of the wrong type."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (truncated checkpoint)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. pickle-protocol notes on foreign files: the error says it all
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused by the weights-only loader, corrupted or not a gru_lib checkpoint "
+            f"({_first_line(error)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({_first_line(error)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a gru_lib checkpoint (no '{FORMAT}' format marker)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')!r}, but this gru_lib reads version {VERSION}"
+        )
+    required = REQUIRED_KEYS + (("training",) if require_training else ())
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    for key in REQUIRED_KEYS + ("training",):
+        if key in state and not isinstance(state[key], dict):
+            raise CheckpointError(f"{path}: '{key}' should be a dictionary, got {type(state[key]).__name__}")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python's, NumPy's and PyTorch's (CPU and, when present, CUDA) random states as tensors and plain types,
+    so a checkpoint that holds them still loads with ``weights_only=True``."""
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+

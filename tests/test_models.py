@@ -1,0 +1,127 @@
+"""NewsClassifier: padding never changes a prediction (every backend), pooling, gates, state_dict layout."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from gru_lib.models import BACKENDS, NewsClassifier, _reverse_within_lengths, parse_pooling
+
+
+def _available(backend: str) -> bool:
+    module = {"torch": "torch", "gru_lib": "gru_lib.layer", "fast": "gru_lib.fast", "mingru": "gru_lib"}[backend]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return False
+    return backend != "mingru" or hasattr(mod, "MinGRU")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch(lengths: list[int], vocab: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(2, vocab, (length,), generator=generator)
+    return ids, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pooling,bidirectional,layers", [("mean+max", True, 1), ("last+mean", True, 2),
+                                                          ("max+last", False, 1)])
+def test_padding_never_changes_a_prediction(backend: str, pooling: str, bidirectional: bool, layers: int) -> None:
+    if not _available(backend):
+        pytest.skip(f"backend {backend} is not available yet")
+    torch.manual_seed(0)
+    model = NewsClassifier(50, embed_dim=8, hidden_size=6, num_layers=layers, bidirectional=bidirectional,
+                           backend=backend, pooling=pooling, dropout=0.3).eval()
+    ids, lengths = _batch([3, 9, 1, 6, 9], 50, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batched = model(ids, lengths)
+        for row, length in enumerate(lengths.tolist()):
+            alone = model(ids[row : row + 1, :length], lengths[row : row + 1])
+            torch.testing.assert_close(batched[row : row + 1], alone, atol=1e-5, rtol=1e-5)
+            # Garbage (not just pad ids) after the end changes nothing either.
+            noisy = ids[row : row + 1].clone()
+            noisy[0, length:] = 7
+            torch.testing.assert_close(model(noisy, lengths[row : row + 1]), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_backends_share_weights_and_compute_the_same_function() -> None:
+    torch.manual_seed(0)
+    reference = NewsClassifier(40, embed_dim=8, hidden_size=5, num_layers=2, backend="torch").eval()
+    ids, lengths = _batch([4, 7, 2], 40, torch.Generator().manual_seed(2))
+    for backend in ("gru_lib", "fast"):
+        if not _available(backend):
+            continue
+        other = NewsClassifier(40, embed_dim=8, hidden_size=5, num_layers=2, backend=backend).eval()
+        assert list(other.state_dict()) == list(reference.state_dict())
+        other.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(other(ids, lengths), reference(ids, lengths), atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_matches_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    model = NewsClassifier(30, embed_dim=4, hidden_size=3, pooling="mean+max+last", dropout=0.0).eval()
+    ids, lengths = _batch([5, 2], 30, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = model.sequence_outputs(ids, lengths)
+        pooled = model.pool(out, lengths)
+        gru = model.rnn
+        for row, length in enumerate(lengths.tolist()):
+            o, h_n = gru(model.embedding(ids[row, :length])[None])
+            o = o[0]
+            expected = torch.cat([o.mean(0), o.max(0).values, h_n[0, 0], h_n[1, 0]])
+            torch.testing.assert_close(pooled[row], expected, atol=1e-6, rtol=1e-6)
+        assert torch.all(out[1, 2:] == 0)
+
+
+def test_gate_trace_reproduces_the_first_layer() -> None:
+    torch.manual_seed(0)
+    model = NewsClassifier(30, embed_dim=6, hidden_size=4, num_layers=2, bidirectional=True).eval()
+    ids = torch.tensor([3, 8, 2, 9, 4])
+    gates = model.gate_trace(ids)
+    assert gates.r.shape == gates.z.shape == gates.h.shape == (5, 4)
+    assert bool(((gates.r > 0) & (gates.r < 1) & (gates.z > 0) & (gates.z < 1)).all())
+    first = nn.GRU(6, 4, batch_first=True)
+    first.load_state_dict({k: v for k, v in model.rnn.state_dict().items() if k.endswith("_l0")})
+    with torch.no_grad():
+        out, _ = first(model.embedding(ids)[None])
+    torch.testing.assert_close(gates.h, out[0], atol=1e-6, rtol=1e-6)
+
+
+def test_reverse_within_lengths_is_an_involution_that_keeps_padding() -> None:
+    x = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    lengths = torch.tensor([3, 4])
+    flipped = _reverse_within_lengths(x, lengths)
+    assert flipped[:, :, 0].tolist() == [[2.0, 1.0, 0.0, 3.0], [7.0, 6.0, 5.0, 4.0]]
+    torch.testing.assert_close(_reverse_within_lengths(flipped, lengths), x)
+
+
+def test_config_rebuilds_the_model_and_errors_are_clear() -> None:
+    model = NewsClassifier(20, embed_dim=4, hidden_size=3, pooling="max+mean")
+    clone = NewsClassifier(**model.config())
+    clone.load_state_dict(model.state_dict())
+    assert parse_pooling("mean+max") == ("mean", "max")
+    with pytest.raises(ValueError, match="pooling"):
+        NewsClassifier(20, pooling="mean+median")
+    with pytest.raises(ValueError, match="backend"):
+        NewsClassifier(20, backend="lstm")
+
+
+def test_gate_trace_rejects_mingru() -> None:
+    if not _available("mingru"):
+        pytest.skip("gru_lib.MinGRU is not available yet")
+    model = NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru")
+    with pytest.raises(ValueError, match="mingru"):
+        model.gate_trace(torch.tensor([2, 3]))

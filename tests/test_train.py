@@ -1,0 +1,165 @@
+"""The trainer: reproducible, exactly resumable (interrupted in process or by SIGTERM), stops on a non-finite
+loss keeping the last good checkpoint; the learning-rate schedule."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from gru_lib.checkpoint import checkpoint_path, load_checkpoint
+from gru_lib.data import NewsExample
+from gru_lib.errors import CheckpointError
+from gru_lib.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    TrainingInterrupted,
+    load_classifier,
+    lr_factor,
+    train,
+)
+
+WORDS = {
+    0: ["election", "minister", "troops", "president", "embassy"],
+    1: ["match", "goal", "coach", "season", "striker"],
+    2: ["shares", "profit", "market", "bank", "earnings"],
+    3: ["software", "internet", "computer", "nasa", "chip"],
+}
+FILLER = ["the", "a", "of", "in", "today", "said", "new", "on", "and", "report"]
+
+
+def make_examples(n: int, seed: int) -> list[NewsExample]:
+    """Texts whose topic words say their class, mixed with filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 4
+
+        def words(k: int, p: float) -> str:
+            return " ".join(rng.choice(WORDS[label] if rng.random() < p else FILLER) for _ in range(k))
+
+        rows.append(NewsExample(label, words(rng.randint(2, 6), 0.5), words(rng.randint(3, 14), 0.3)))
+    return rows
+
+
+TRAIN = make_examples(64, 0)
+TEST = make_examples(24, 1)
+
+
+def tiny(**changes) -> TrainConfig:
+    settings = dict(embed_dim=16, hidden_size=16, batch_size=8, epochs=2, lr=3e-2, dropout=0.1, eval_batch_size=16)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _metrics(history: list[dict]) -> list[dict]:
+    """The history without its wall times."""
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_lr_schedule() -> None:
+    factors = [lr_factor(s, 100, 0.1, "cosine") for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
+    assert all(b <= a for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(50, 100, 0.0, "linear") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0.0, "constant") == 1.0
+
+
+def test_learns_and_is_reproducible() -> None:
+    first = train(tiny(epochs=3), TRAIN, TEST, log=None)
+    second = train(tiny(epochs=3), TRAIN, TEST, log=None)
+    assert _metrics(first.history) == _metrics(second.history)
+    _same_weights(first.model, second.model)
+    assert first.report["accuracy"] >= 0.9, first.history
+    assert [h["epoch"] for h in first.history] == [1, 2, 3]
+    other = train(tiny(epochs=3, seed=1), TRAIN, TEST, log=None)
+    assert _metrics(other.history) != _metrics(first.history)
+
+
+def test_resume_after_an_interruption_gives_identical_weights(tmp_path: Path) -> None:
+    reference = train(tiny(checkpoint_every=3), TRAIN, TEST, out_dir=tmp_path / "ref", log=None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_5(step: int, model: torch.nn.Module) -> None:
+        if step == 5:
+            raise Killed  # like SIGKILL: nothing saved since the checkpoint at step 3
+
+    with pytest.raises(Killed):
+        train(tiny(checkpoint_every=3), TRAIN, TEST, out_dir=tmp_path / "run", log=None, on_step=kill_at_step_5)
+    assert load_checkpoint(checkpoint_path(tmp_path / "run"))["training"]["step"] == 3
+    resumed = train(tiny(checkpoint_every=3), TRAIN, TEST, out_dir=tmp_path / "run", resume=True, log=None)
+    _same_weights(resumed.model, reference.model)
+    assert _metrics(resumed.history) == _metrics(reference.history)
+    assert resumed.steps == reference.steps
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path: Path) -> None:
+    reference = train(tiny(), TRAIN, TEST, log=None)
+
+    def terminate_at_step_6(step: int, model: torch.nn.Module) -> None:
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="resume"):
+        train(tiny(), TRAIN, TEST, out_dir=tmp_path, log=None, on_step=terminate_at_step_6, handle_sigterm=True)
+    state = load_checkpoint(checkpoint_path(tmp_path), require_training=True)
+    assert (state["training"]["step"], state["training"]["batch_in_epoch"]) == (6, 6)
+    resumed = train(tiny(), TRAIN, TEST, out_dir=tmp_path, resume=True, log=None)
+    _same_weights(resumed.model, reference.model)
+    assert _metrics(resumed.history) == _metrics(reference.history)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    def poison_at_step_5(step: int, model: torch.nn.Module) -> None:
+        if step == 5:
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* step 6.*last good checkpoint"):
+        train(tiny(checkpoint_every=4), TRAIN, TEST, out_dir=tmp_path, log=None, on_step=poison_at_step_5)
+    state = load_checkpoint(checkpoint_path(tmp_path), require_training=True)
+    assert state["training"]["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
+    train(tiny(epochs=1), TRAIN, TEST, out_dir=tmp_path, log=None)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: incompatible .*hidden_size=16 \(now 8\)"):
+        train(tiny(epochs=1, hidden_size=8), TRAIN, TEST, out_dir=tmp_path, resume=True, log=None)
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(tiny(), TRAIN, TEST, out_dir=tmp_path / "empty", resume=True, log=None)
+
+
+def test_checkpoint_rebuilds_the_trained_model(tmp_path: Path) -> None:
+    result = train(tiny(epochs=1, pooling="last+mean", bidirectional=False), TRAIN, TEST, out_dir=tmp_path,
+                   log=None)
+    model, vocab, config, _ = load_classifier(tmp_path)
+    assert vocab == result.vocab and config == result.config
+    _same_weights(model, result.model)
+    assert not model.training
+
+
+def test_bf16_autocast_trains_on_cpu() -> None:
+    result = train(tiny(epochs=1, precision="bf16"), TRAIN, TEST, log=None)
+    assert 0.0 <= result.report["accuracy"] <= 1.0
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
