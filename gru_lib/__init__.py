@@ -20,7 +20,7 @@ from gru_lib.layer import GRU
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.models import NewsClassifier
 from gru_lib.repro import seed_everything
-from gru_lib.train import TrainConfig, load_classifier, train
+from gru_lib.train import TrainConfig, load_classifier
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded, numericalize, tokenize
 
 __all__ = [
@@ -52,6 +52,5 @@ __all__ = [
     "confusion_matrix",
     "classification_report",
     "TrainConfig",
-    "train",
     "load_classifier",
 ]
