@@ -5,6 +5,7 @@ For a right-padded batch ``ids`` (B, T) with ``lengths`` (B,)::
     e_t  = E[ids_t]                                   embedding (row ``padding_idx`` stays zero)
     o_t  = GRU(e_1 .. e_L)_t                          over the valid steps only (a PackedSequence)
     mean = (1 / L) * sum_{t < L} o_t                  masked mean
+    emb  = (1 / L) * sum_{t < L} e_t                  masked mean of the embeddings (a bag-of-words skip path)
     max  = max_{t < L} o_t                            masked max (per feature)
     last = [forward o_{L-1} ; reverse o_0]            the final state of each direction
     logits = W dropout([pooled features]) + b
@@ -32,7 +33,7 @@ from gru_lib.cell import GRUGates, gru_cell_gates
 __all__ = ["BACKENDS", "POOLINGS", "NewsClassifier", "parse_pooling"]
 
 BACKENDS: tuple[str, ...] = ("torch", "gru_lib", "fast", "mingru")
-POOLINGS: tuple[str, ...] = ("mean", "max", "last")
+POOLINGS: tuple[str, ...] = ("mean", "max", "last", "emb")
 
 
 def parse_pooling(pooling: str) -> tuple[str, ...]:
@@ -111,12 +112,16 @@ class NewsClassifier(nn.Module):
         backend: str = "torch",
         pooling: str = "mean+max",
         padding_idx: int = 0,
+        word_dropout: float = 0.0,
+        unk_idx: int = 1,
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.pools = parse_pooling(pooling)
         self._config: dict[str, Any] = {
             "vocab_size": vocab_size,
@@ -129,7 +134,11 @@ class NewsClassifier(nn.Module):
             "backend": backend,
             "pooling": "+".join(self.pools),
             "padding_idx": padding_idx,
+            "word_dropout": word_dropout,
+            "unk_idx": unk_idx,
         }
+        self.word_dropout = word_dropout
+        self.unk_idx = unk_idx
         self.backend = backend
         self.num_directions = 2 if bidirectional else 1
         self.hidden_size = hidden_size
@@ -143,14 +152,24 @@ class NewsClassifier(nn.Module):
                 embed_dim, hidden_size, num_layers=num_layers, batch_first=True, dropout=inter_layer,
                 bidirectional=bidirectional,
             )
-        self.head = nn.Linear(len(self.pools) * self.num_directions * hidden_size, num_classes)
+        features = sum(embed_dim if p == "emb" else self.num_directions * hidden_size for p in self.pools)
+        self.head = nn.Linear(features, num_classes)
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
-    def sequence_outputs(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """The last recurrent layer's outputs (B, T, num_directions * H), zero at padded steps."""
-        x = self.dropout(self.embedding(ids))
+    def embed(self, ids: Tensor) -> Tensor:
+        """Embeddings (B, T, E) after word dropout (training only: each token becomes ``<unk>`` with
+        probability ``word_dropout``) and dropout."""
+        if self.training and self.word_dropout > 0:
+            drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
+            ids = ids.masked_fill(drop & (ids != self.embedding.padding_idx), self.unk_idx)
+        return self.dropout(self.embedding(ids))
+
+    def sequence_outputs(self, ids: Tensor, lengths: Tensor, x: Tensor | None = None) -> Tensor:
+        """The last recurrent layer's outputs (B, T, num_directions * H), zero at padded steps
+        (``x``: the embeddings, when already computed)."""
+        x = self.embed(ids) if x is None else x
         if self.backend == "mingru":
             out = self.rnn(x, lengths)
             mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
@@ -160,13 +179,18 @@ class NewsClassifier(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         return out
 
-    def pool(self, out: Tensor, lengths: Tensor) -> Tensor:
-        """Masked pooling of ``out`` (B, T, F) over each sequence's valid steps -> (B, len(pools) * F)."""
+    def pool(self, out: Tensor, lengths: Tensor, x: Tensor | None = None) -> Tensor:
+        """Masked pooling of ``out`` (B, T, F) over each sequence's valid steps -> (B, features); ``x`` (B, T,
+        E): the embeddings, needed by the ``emb`` pooling."""
         lengths = lengths.to(out.device)
         valid = (torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None])[:, :, None]
         features = []
         for kind in self.pools:
-            if kind == "mean":
+            if kind == "emb":
+                if x is None:
+                    raise ValueError("pool: the 'emb' pooling needs the embeddings x")
+                features.append(x.masked_fill(~valid, 0.0).sum(dim=1) / lengths[:, None].to(x.dtype))
+            elif kind == "mean":
                 features.append(out.masked_fill(~valid, 0.0).sum(dim=1) / lengths[:, None].to(out.dtype))
             elif kind == "max":
                 features.append(out.masked_fill(~valid, float("-inf")).amax(dim=1))
@@ -179,7 +203,8 @@ class NewsClassifier(nn.Module):
         return torch.cat(features, dim=-1)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        return self.head(self.dropout(self.pool(self.sequence_outputs(ids, lengths), lengths)))
+        x = self.embed(ids)
+        return self.head(self.dropout(self.pool(self.sequence_outputs(ids, lengths, x), lengths, x)))
 
     @torch.no_grad()
     def gate_trace(self, ids: Tensor) -> GRUGates:

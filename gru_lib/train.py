@@ -90,6 +90,7 @@ class TrainConfig:
     num_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.5
+    word_dropout: float = 0.0
     backend: str = "torch"
     pooling: str = "mean+max"
     # optimisation
@@ -114,6 +115,7 @@ class TrainConfig:
             (self.max_vocab is None or self.max_vocab >= 3, "max_vocab must be >= 3"),
             (self.embed_dim >= 1 and self.hidden_size >= 1 and self.num_layers >= 1, "sizes must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.word_dropout < 1.0, "word_dropout must be in [0, 1)"),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1,
              "epochs and batch sizes must be >= 1"),
@@ -209,6 +211,8 @@ def _model_for(vocab: Vocab, config: TrainConfig) -> NewsClassifier:
         backend=config.backend,
         pooling=config.pooling,
         padding_idx=vocab.pad_index,
+        word_dropout=config.word_dropout,
+        unk_idx=vocab.unk_index,
     )
 
 
@@ -618,8 +622,9 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "hidden_size": ("--hidden-size", "GRU hidden size per direction"),
     "num_layers": ("--num-layers", "stacked GRU layers"),
     "dropout": ("--dropout", "dropout on embeddings, between layers and on the pooled features"),
+    "word_dropout": ("--word-dropout", "probability of replacing a training token by <unk>"),
     "backend": ("--backend", "recurrent layer: " + ", ".join(BACKENDS)),
-    "pooling": ("--pooling", "pooling over time: mean, max, last, joined by '+'"),
+    "pooling": ("--pooling", "pooling over time: mean, max, last (GRU outputs), emb (embeddings), joined by '+'"),
     "max_len": ("--max-len", "keep the first N tokens of each text"),
     "min_freq": ("--min-freq", "vocabulary: minimum count of a token in the training rows"),
     "max_vocab": ("--max-vocab", "vocabulary: maximum size, specials included"),

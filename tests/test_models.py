@@ -37,7 +37,7 @@ def _batch(lengths: list[int], vocab: int, generator: torch.Generator) -> tuple[
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pooling,bidirectional,layers", [("mean+max", True, 1), ("last+mean", True, 2),
-                                                          ("max+last", False, 1)])
+                                                          ("max+last+emb", False, 1)])
 def test_padding_never_changes_a_prediction(backend: str, pooling: str, bidirectional: bool, layers: int) -> None:
     if not _available(backend):
         pytest.skip(f"backend {backend} is not available yet")
@@ -125,3 +125,18 @@ def test_gate_trace_rejects_mingru() -> None:
     model = NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru")
     with pytest.raises(ValueError, match="mingru"):
         model.gate_trace(torch.tensor([2, 3]))
+
+
+def test_word_dropout_replaces_tokens_by_unk_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = NewsClassifier(30, embed_dim=4, hidden_size=3, dropout=0.0, word_dropout=0.5, unk_idx=1)
+    seen: list[torch.Tensor] = []
+    model.embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([8, 3])
+    model.train()(ids, lengths)
+    dropped = seen[-1] != ids
+    assert dropped.any() and (seen[-1][dropped] == 1).all()
+    assert (seen[-1][ids == 0] == 0).all()  # padding stays padding
+    model.eval()(ids, lengths)
+    assert torch.equal(seen[-1], ids)
