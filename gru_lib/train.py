@@ -696,7 +696,7 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"training on {len(train_rows):,} rows, evaluating on {len(test_rows):,} test rows "
                   f"({ctx.world_size} process{'es' if ctx.world_size > 1 else ''}, {ctx.device})", flush=True)
         log = lambda message: print(message, flush=True)  # noqa: E731
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             result = train(config, train_rows, test_rows, out_dir=out, resume=args.resume, ctx=ctx,
                            progress=False if args.no_progress else None, log=log, handle_sigterm=True,
@@ -715,6 +715,8 @@ def _run_train(args: argparse.Namespace) -> int:
                 "steps": result.steps,
                 "train_seconds": result.train_seconds,
                 "wall_seconds": time.perf_counter() - started,
+                # CPU time of this process (training and evaluation, all threads): robust to a busy machine.
+                "cpu_seconds": time.process_time() - cpu_started,
                 "history": [{k: v for k, v in h.items() if k != "eval"} for h in result.history],
                 "test": result.report,
             }
