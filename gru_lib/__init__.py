@@ -8,6 +8,8 @@
 - ``metrics``: accuracy, macro-F1, confusion matrix, per-class scores (chapter 5)
 - ``train``: the trainer and the ``train``/``evaluate``/``predict`` commands (chapter 5)
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
+- ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
+- ``bench``: the ``bench`` command, timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
 """
@@ -16,6 +18,7 @@ from gru_lib.cell import GRUCell, GRUGates, gru_cell, gru_cell_gates, gru_gates_
 from gru_lib.distributed import DistContext, init_distributed, wrap_model
 from gru_lib.data import CLASSES, NewsExample, describe_ag_news, ensure_ag_news, load_ag_news
 from gru_lib.errors import CheckpointError, DataError, GruLibError
+from gru_lib.fast import FastGRU
 from gru_lib.layer import GRU
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.models import NewsClassifier
@@ -33,6 +36,7 @@ __all__ = [
     "gru_cell_gates",
     "gru_gates_from_projection",
     "GRU",
+    "FastGRU",
     "GruLibError",
     "DataError",
     "CheckpointError",
