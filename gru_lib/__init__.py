@@ -1,6 +1,9 @@
 """gru_lib: the library of the GRU book. Each module maps to a chapter:
 
 - ``cell``: the GRU cell from its equations (chapter 1)
+- ``bptt``: the cell's backward pass derived by hand, and backpropagation through time (chapter 2)
+- ``gradients``: vanishing and exploding gradients measured; an explosive GRU setting (chapter 2)
+- ``tasks``: the adding problem, a long-range task, and its small trainer (chapter 2)
 - ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
 - ``data``: AG News from its official CSV files, validated, downloaded into a cache when missing (chapter 4)
 - ``text``: tokenizer, vocabulary, numericalisation, length-bucketed batching: what replaced torchtext (chapter 4)
