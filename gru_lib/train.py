@@ -157,7 +157,8 @@ class TrainingInterrupted(Exception):
 
 
 class NonFiniteLossError(GruLibError):
-    """The loss became inf or NaN; training stopped before that step, keeping the last good checkpoint."""
+    """The loss (or, at a checkpoint, a weight) became inf or NaN; training stopped without overwriting the
+    last good checkpoint."""
 
 
 @dataclass
@@ -419,6 +420,15 @@ def train(
         """Write the checkpoint (rank 0 writes; every rank joins the RNG gather)."""
         if ckpt_file is None:
             return
+        # A step with a finite loss can still leave inf/NaN weights (the next loss would catch it, after this
+        # checkpoint replaced the good one). Replicas are identical, so every rank reaches the same verdict.
+        bad = [name for name, p in inner.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            kept = f"the last good checkpoint {ckpt_file} was kept" if ckpt_file.exists() else (
+                "no checkpoint had been written yet")
+            raise NonFiniteLossError(
+                f"non-finite weights ({bad[0]}) after step {step}: training diverged and stopped; {kept} "
+                "(try a lower --lr or --max-grad-norm)")
         rng_rows = _gather_rows(ctx, torch.get_rng_state())
         if not main:
             return
