@@ -12,7 +12,7 @@ from gru_lib.errors import GruLibError
 __all__ = ["main", "build_parser"]
 
 # Modules that define ``add_parser(subparsers) -> None``; each parser sets ``func=callable(args) -> int``.
-COMMAND_MODULES: list[str] = ["gru_lib.data", "gru_lib.train"]
+COMMAND_MODULES: list[str] = ["gru_lib.data", "gru_lib.train", "gru_lib.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,444 @@
+"""``python -m gru_lib bench``: how fast each GRU backend runs, against ``nn.GRU`` and against ``torch.mm``.
+
+For each shape (batch B, steps T, input size D, hidden size H) and each backend, the forward (under
+``no_grad``) and the forward + backward (gradients of the parameters and the input) are timed with
+``time.perf_counter``: ``--repeats`` rounds, and inside each round every backend once, in an order that rotates
+between rounds (interleaved, so that a burst of load on a shared machine hits all backends alike). Reported:
+
+- ``median_ms`` and ``speedup_vs_nn_gru`` = median of nn.GRU / median of the backend, measured in the same run;
+- ``gflops``: achieved GFLOP/s with the GRU's count, forward ``6·B·T·H·(D+H)`` (the input projection
+  ``2·T·B·D·3H`` and the recurrent products ``2·T·B·H·3H``), forward + backward 3x that (backward holds
+  twice the forward's products); not given for MinGRU, which does other work;
+- ``frac_of_mm``: that rate over the rate of ``torch.mm`` on the very products a GRU computes (the
+  backend ``torch.mm``: one (T·B, D) x (D, 3H) product and T (B, H) x (H, 3H) products forward; backward adds
+  T (B, 3H) x (3H, H), the two weight-gradient products and the input-gradient product), timed in the same
+  rounds. An exact GRU cannot beat fraction 1 without faster matrix products;
+- ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
+  call the kernel's high-water mark is reset (``/proc/self/clear_refs``, Linux), the call runs, and the
+  increase of ``VmHWM`` over the resident size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is
+  fixed so that every large buffer is mapped and unmapped (none hides in the heap between calls). This
+  counts tensors, workspaces and allocator overhead alike.
+
+Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-bf16`` (the same
+under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and ``MinGRU-sequential`` (chapter 7,
+skipped with a note when that module is not installed), and the reference ``torch.mm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gru_lib.errors import GruLibError
+
+__all__ = ["Shape", "BACKENDS", "sweep_shapes", "run_bench", "add_parser", "cpu_bf16_support"]
+
+BACKENDS: tuple[str, ...] = (
+    "nn.GRU",
+    "gru_lib.GRU",
+    "FastGRU",
+    "FastGRU-bf16",
+    "MinGRU-parallel",
+    "MinGRU-sequential",
+)
+MM = "torch.mm"
+MODES: tuple[str, ...] = ("fwd", "fwd+bwd")
+# The issue's reference point, the centre of every sweep.
+BASE = (64, 64, 128, 256)
+QUICK = {"steps": [16, 64, 256], "batch": [16, 64], "hidden": [128, 256]}
+FULL = {"steps": [16, 64, 256, 1024, 4096], "batch": [1, 16, 64, 256], "hidden": [64, 128, 256, 512, 1024]}
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    steps: int
+    input_size: int
+    hidden: int
+
+    def flops(self, mode: str) -> float:
+        """The GRU's floating-point operations: forward 6·B·T·H·(D+H); forward + backward 3x that."""
+        forward = 6.0 * self.batch * self.steps * self.hidden * (self.input_size + self.hidden)
+        return forward if mode == "fwd" else 3.0 * forward
+
+
+def sweep_shapes(base: Shape, steps: Sequence[int], batch: Sequence[int], hidden: Sequence[int]) -> list[Shape]:
+    """The base shape and, one axis at a time, its variations (no duplicates, in sweep order)."""
+    shapes = [base]
+    shapes += [Shape(base.batch, t, base.input_size, base.hidden) for t in steps]
+    shapes += [Shape(b, base.steps, base.input_size, base.hidden) for b in batch]
+    shapes += [Shape(base.batch, base.steps, base.input_size, h) for h in hidden]
+    return list(dict.fromkeys(shapes))
+
+
+def cpu_bf16_support() -> str:
+    """What the CPU offers for bfloat16 matrix products, from /proc/cpuinfo: AMX tiles, AVX-512 BF16 dot
+    products, or neither (then oneDNN converts and computes in float32)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    if "amx_bf16" in flags:
+        return "amx_bf16"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16 (no AMX)"
+    return "no bf16 instructions"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backends
+
+
+@dataclass
+class _Runner:
+    name: str
+    module: nn.Module | None
+    autocast: torch.dtype | None = None
+
+
+def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torch.device) -> _Runner:
+    from gru_lib.layer import GRU
+
+    if name == "nn.GRU":
+        module: nn.Module = nn.GRU(shape.input_size, shape.hidden)
+    elif name == "gru_lib.GRU":
+        module = GRU(shape.input_size, shape.hidden)
+    elif name in ("FastGRU", "FastGRU-bf16"):
+        from gru_lib.fast import FastGRU
+
+        module = FastGRU(shape.input_size, shape.hidden)
+    elif name.startswith("MinGRU-"):
+        module = _mingru_class()(shape.input_size, shape.hidden, mode=name.removeprefix("MinGRU-"))
+    else:
+        raise GruLibError(f"bench: unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if not name.startswith("MinGRU-"):
+        module.load_state_dict(state)  # the exact GRUs compute the same function on the same weights
+    autocast = torch.bfloat16 if name.endswith("-bf16") else None
+    return _Runner(name, module.to(device), autocast)
+
+
+def _mingru_class() -> type[nn.Module]:
+    """MinGRU (chapter 7), imported lazily: its module may not exist yet."""
+    for module_name in ("gru_lib.mingru", "gru_lib.scan"):
+        try:
+            module = __import__(module_name, fromlist=["MinGRU"])
+        except ImportError:
+            continue
+        if hasattr(module, "MinGRU"):
+            return module.MinGRU
+    raise ImportError("MinGRU is not available (gru_lib.mingru / gru_lib.scan)")
+
+
+class _MMReference:
+    """The matrix products of one GRU layer's forward (and backward), with nothing else."""
+
+    def __init__(self, shape: Shape, device: torch.device) -> None:
+        b, t, d, h = shape.batch, shape.steps, shape.input_size, shape.hidden
+        gen = torch.Generator().manual_seed(0)
+        make = lambda *size: torch.randn(*size, generator=gen).to(device)  # noqa: E731
+        self.steps = t
+        self.x, self.w_ih_t, self.w_ih = make(t * b, d), make(d, 3 * h), make(3 * h, d)
+        self.h, self.w_hh_t, self.w_hh = make(b, h), make(h, 3 * h), make(3 * h, h)
+        self.g_step, self.g_all, self.h_all = make(b, 3 * h), make(t * b, 3 * h), make(t * b, h)
+
+    def __call__(self, mode: str) -> None:
+        torch.mm(self.x, self.w_ih_t)
+        for _ in range(self.steps):
+            torch.mm(self.h, self.w_hh_t)
+        if mode == "fwd+bwd":
+            for _ in range(self.steps):
+                torch.mm(self.g_step, self.w_hh)
+            torch.mm(self.g_all.t(), self.h_all)
+            torch.mm(self.g_all.t(), self.x)
+            torch.mm(self.g_all, self.w_ih)
+
+
+def _call(runner: _Runner, x: Tensor, mode: str) -> None:
+    assert runner.module is not None
+    autocast = (
+        torch.autocast(x.device.type, dtype=runner.autocast) if runner.autocast else contextlib.nullcontext()
+    )
+    if mode == "fwd":
+        with torch.no_grad(), autocast:
+            runner.module(x)
+        return
+    for p in runner.module.parameters():
+        p.grad = None
+    x.grad = None
+    with autocast:
+        out, _ = runner.module(x)
+    out.float().sum().backward()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _rotations(names: list[str], repeats: int) -> Iterator[list[str]]:
+    for r in range(repeats):
+        k = r % len(names)
+        yield names[k:] + names[:k]
+
+
+def bench_shape(
+    shape: Shape, backends: Sequence[str], repeats: int, device: torch.device, notes: list[str]
+) -> list[dict[str, object]]:
+    """Times every backend (and torch.mm) on one shape, interleaved; returns one row per backend and mode."""
+    torch.manual_seed(0)
+    ref = nn.GRU(shape.input_size, shape.hidden)
+    state = ref.state_dict()
+    runners: dict[str, _Runner] = {}
+    for name in backends:
+        try:
+            runners[name] = _make_runner(name, shape, state, device)
+        except ImportError as error:
+            note = f"{name} skipped: {error}"
+            if note not in notes:
+                notes.append(note)
+    mm = _MMReference(shape, device)
+    x = torch.randn(shape.steps, shape.batch, shape.input_size, generator=torch.Generator().manual_seed(1))
+    x = x.to(device).requires_grad_()
+    names = list(runners) + [MM]
+    jobs = {
+        (name, mode): (lambda n=name, m=mode: mm(m) if n == MM else _call(runners[n], x, m))
+        for name in names
+        for mode in MODES
+    }
+    for job in jobs.values():  # warm-up: builds the C++ extension, fills caches, first-touch allocations
+        job()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
+    for order in _rotations(names, repeats):
+        for name in order:
+            for mode in MODES:
+                times[(name, mode)].append(_timed(jobs[(name, mode)], device))
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    rows = []
+    for name in names:
+        for mode in MODES:
+            median = medians[(name, mode)]
+            exact_gru = not name.startswith("MinGRU-")
+            gflops = shape.flops(mode) / median / 1e9 if exact_gru else float("nan")
+            mm_gflops = shape.flops(mode) / medians[(MM, mode)] / 1e9
+            baseline = medians.get(("nn.GRU", mode))
+            rows.append(
+                {
+                    **asdict(shape),
+                    "backend": name,
+                    "mode": mode,
+                    "median_ms": median * 1e3,
+                    "min_ms": min(times[(name, mode)]) * 1e3,
+                    "max_ms": max(times[(name, mode)]) * 1e3,
+                    "repeats": repeats,
+                    "speedup_vs_nn_gru": baseline / median if baseline else float("nan"),
+                    "gflops": gflops,
+                    "frac_of_mm": gflops / mm_gflops if exact_gru else float("nan"),
+                    "peak_mb": float("nan"),
+                }
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Peak memory, in a subprocess
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _memory_probe(spec: str) -> None:
+    """Subprocess entry: prints {mode: peak MB added by one call} as JSON (see the module docstring)."""
+    args = json.loads(spec)
+    torch.set_num_threads(args["threads"])
+    shape = Shape(**args["shape"])
+    device = torch.device(args["device"])
+    torch.manual_seed(0)
+    state = nn.GRU(shape.input_size, shape.hidden).state_dict()
+    runner = _make_runner(args["backend"], shape, state, device)
+    x = torch.randn(shape.steps, shape.batch, shape.input_size, device=device, requires_grad=True)
+    peaks = {}
+    for mode in MODES:
+        _call(runner, x, mode)  # warm-up
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+        before = _rss_kb("VmRSS")
+        _call(runner, x, mode)
+        peaks[mode] = (_rss_kb("VmHWM") - before) / 1024
+    print(json.dumps(peaks))
+
+
+def measure_peak_memory(shape: Shape, backend: str, threads: int, device: torch.device) -> dict[str, float]:
+    if device.type != "cpu" or not Path("/proc/self/clear_refs").exists():
+        return {}
+    spec = json.dumps({"shape": asdict(shape), "backend": backend, "threads": threads, "device": str(device)})
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    code = "import sys; from gru_lib.bench import _memory_probe; _memory_probe(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_bench(
+    shapes: Sequence[Shape],
+    backends: Sequence[str] = BACKENDS,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    memory: str = "base",
+    log: Callable[[str], None] | None = print,
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Benchmarks every shape; returns the rows (see the module docstring) and notes (skipped backends)."""
+    device = torch.device(device)
+    notes: list[str] = []
+    rows: list[dict[str, object]] = []
+    for i, shape in enumerate(shapes):
+        shape_rows = bench_shape(shape, backends, repeats, device, notes)
+        if memory == "all" or (memory == "base" and i == 0):
+            for name in {str(row["backend"]) for row in shape_rows} - {MM}:
+                peaks = measure_peak_memory(shape, name, torch.get_num_threads(), device)
+                for row in shape_rows:
+                    if row["backend"] == name and row["mode"] in peaks:
+                        row["peak_mb"] = peaks[str(row["mode"])]
+        rows += shape_rows
+        if log:
+            log(f"[{i + 1}/{len(shapes)}] B={shape.batch} T={shape.steps} D={shape.input_size} H={shape.hidden}")
+    return rows, notes
+
+
+def _plot(frame, base: Shape, out: Path) -> list[Path]:  # noqa: ANN001
+    from matplotlib.figure import Figure  # no pyplot: files only, the caller's backend is left alone
+
+    written = []
+    for axis, label in (("steps", "sequence length T"), ("batch", "batch B"), ("hidden", "hidden size H")):
+        others = [c for c in ("batch", "steps", "input_size", "hidden") if c != axis]
+        sel = frame
+        for c in others:
+            sel = sel[sel[c] == getattr(base, c)]
+        if sel[axis].nunique() < 2:
+            continue
+        fig = Figure(figsize=(10, 4))
+        panels = fig.subplots(1, 2, sharey=True)
+        for panel, mode in zip(panels, MODES):
+            for name, group in sel[(sel["mode"] == mode) & (sel["backend"] != MM)].groupby("backend", sort=False):
+                group = group.sort_values(axis)
+                panel.plot(group[axis], group["speedup_vs_nn_gru"], marker="o", label=name)
+            panel.axhline(1.0, color="grey", lw=0.8)
+            panel.set_xscale("log", base=2)
+            panel.set_yscale("log", base=2)
+            panel.set_xlabel(label)
+            panel.set_title(f"{mode}: speedup over nn.GRU")
+        panels[0].set_ylabel("nn.GRU time / backend time")
+        panels[1].legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"speedup_{axis}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+    return written
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU and torch.mm",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--full", action="store_true", help="the full sweep: T 16..4096, B 1..256, H 64..1024")
+    parser.add_argument("--shape", type=_int_list, default=list(BASE), metavar="B,T,D,H",
+                        help="the centre of the sweeps (default %(default)s)")
+    parser.add_argument("--steps", type=_int_list, help="override the swept sequence lengths")
+    parser.add_argument("--batch", type=_int_list, help="override the swept batch sizes")
+    parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--memory", choices=("none", "base", "all"), default="base",
+                        help="peak-memory probes: none, the base shape only (default), every shape")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="directory for bench.csv and plots")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    if len(args.shape) != 4:
+        raise GruLibError(f"--shape: expected B,T,D,H (4 integers), got {len(args.shape)}")
+    if args.repeats < 1:
+        raise GruLibError(f"--repeats: must be at least 1, got {args.repeats}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise GruLibError(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
+    if "nn.GRU" not in backends:
+        backends.insert(0, "nn.GRU")  # every ratio is to nn.GRU in the same run
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GruLibError("--device cuda: no CUDA device is available")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise GruLibError(f"--threads: must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    sweep = FULL if args.full else QUICK
+    base = Shape(*args.shape)
+    shapes = sweep_shapes(base, args.steps or sweep["steps"], args.batch or sweep["batch"],
+                          args.hidden or sweep["hidden"])
+    print(f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} "
+          f"bf16={cpu_bf16_support()} device={device}")
+    rows, notes = run_bench(shapes, backends, args.repeats, device, args.memory)
+    frame = pd.DataFrame(rows)
+    frame["threads"] = torch.get_num_threads()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        csv = args.out / "bench.csv"
+        frame.to_csv(csv, index=False, float_format="%.6g")
+    except OSError as error:
+        raise GruLibError(f"--out {args.out}: cannot write ({error.strerror or error})") from None
+    plots = _plot(frame, base, args.out)
+    at_base = frame[(frame["batch"] == base.batch) & (frame["steps"] == base.steps)
+                    & (frame["hidden"] == base.hidden) & (frame["input_size"] == base.input_size)]
+    columns = ["backend", "mode", "median_ms", "speedup_vs_nn_gru", "gflops", "frac_of_mm", "peak_mb"]
+    print(f"\nAt B={base.batch} T={base.steps} D={base.input_size} H={base.hidden} "
+          f"(medians of {args.repeats} interleaved rounds):")
+    print(at_base[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {csv}" + "".join(f", {p}" for p in plots))
+    return 0

@@ -1,0 +1,63 @@
+"""`python -m gru_lib bench` runs a tiny sweep and writes its CSV (a smoke test: no timing is asserted)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from gru_lib.bench import MODES, Shape, measure_peak_memory, sweep_shapes
+from gru_lib.cli import main
+
+
+@pytest.fixture
+def one_thread():  # noqa: ANN201
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sweep_shapes_vary_one_axis_at_a_time() -> None:
+    base = Shape(4, 8, 3, 5)
+    shapes = sweep_shapes(base, steps=[2, 8], batch=[1], hidden=[5, 7])
+    assert shapes[0] == base and len(shapes) == len(set(shapes)) == 4
+    assert all(sum(getattr(s, f) != getattr(base, f) for f in ("batch", "steps", "hidden")) <= 1 for s in shapes)
+    assert base.flops("fwd+bwd") == 3 * base.flops("fwd") == 3 * 6 * 4 * 8 * 5 * (3 + 5)
+
+
+def test_bench_writes_csv_and_plots(tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench"
+    argv = ["bench", "--shape", "3,4,5,6", "--steps", "2,4", "--batch", "3", "--hidden", "6", "--repeats", "2",
+            "--memory", "none", "--threads", "1", "--backends", "gru_lib.GRU,FastGRU,FastGRU-bf16", "--out", str(out)]
+    assert main(argv) == 0
+    with open(out / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    backends = {"nn.GRU", "gru_lib.GRU", "FastGRU", "FastGRU-bf16", "torch.mm"}  # nn.GRU is always added
+    assert {r["backend"] for r in rows} == backends
+    assert len(rows) == 2 * len(backends) * len(MODES)  # shapes (T=4 is the base) x backends x modes
+    for row in rows:
+        assert float(row["median_ms"]) > 0 and int(row["repeats"]) == 2
+        if row["backend"] == "nn.GRU":
+            assert float(row["speedup_vs_nn_gru"]) == 1.0
+        if row["backend"] == "torch.mm":
+            assert float(row["frac_of_mm"]) == pytest.approx(1.0)
+    assert (out / "speedup_steps.png").stat().st_size > 0
+    assert "At B=3 T=4 D=5 H=6" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--shape", "1,2", "--out", str(tmp_path)]) == 2
+    assert "error: --shape" in capsys.readouterr().err
+    assert main(["bench", "--backends", "cuDNN", "--out", str(tmp_path)]) == 2
+    assert "error: --backends: unknown cuDNN" in capsys.readouterr().err
+
+
+def test_peak_memory_probe_measures_a_call() -> None:
+    peaks = measure_peak_memory(Shape(16, 64, 32, 128), "FastGRU", threads=1, device=torch.device("cpu"))
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs on this system")
+    assert set(peaks) == set(MODES)
+    # Forward + backward holds the saved gates and their gradients (T*B*4H floats each, 2 MB here) at once.
+    assert peaks["fwd+bwd"] > peaks["fwd"] >= 0 and peaks["fwd+bwd"] > 3.5, peaks
