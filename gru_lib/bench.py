@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +44,17 @@ from torch import Tensor, nn
 
 from gru_lib.errors import GruLibError
 
-__all__ = ["Shape", "BACKENDS", "sweep_shapes", "run_bench", "add_parser", "cpu_bf16_support"]
+__all__ = [
+    "Shape",
+    "BACKENDS",
+    "sweep_shapes",
+    "time_interleaved",
+    "bench_shape",
+    "run_bench",
+    "measure_peak_memory",
+    "add_parser",
+    "cpu_bf16_support",
+]
 
 BACKENDS: tuple[str, ...] = (
     "nn.GRU",
@@ -196,10 +206,22 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _rotations(names: list[str], repeats: int) -> Iterator[list[str]]:
+def time_interleaved(
+    jobs: dict[str, Callable[[], None]], repeats: int, device: torch.device | str = "cpu", warmup: bool = True
+) -> dict[str, list[float]]:
+    """Seconds per call of every job: ``repeats`` rounds, each running every job once in an order rotated by
+    one per round (so slow phases of a shared machine fall on all jobs alike), after one warm-up call each."""
+    device = torch.device(device)
+    names = list(jobs)
+    if warmup:
+        for job in jobs.values():
+            job()
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         k = r % len(names)
-        yield names[k:] + names[:k]
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(jobs[name], device))
+    return times
 
 
 def bench_shape(
@@ -222,17 +244,13 @@ def bench_shape(
     x = x.to(device).requires_grad_()
     names = list(runners) + [MM]
     jobs = {
-        (name, mode): (lambda n=name, m=mode: mm(m) if n == MM else _call(runners[n], x, m))
+        f"{name}|{mode}": (lambda n=name, m=mode: mm(m) if n == MM else _call(runners[n], x, m))
         for name in names
         for mode in MODES
     }
-    for job in jobs.values():  # warm-up: builds the C++ extension, fills caches, first-touch allocations
-        job()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
-    for order in _rotations(names, repeats):
-        for name in order:
-            for mode in MODES:
-                times[(name, mode)].append(_timed(jobs[(name, mode)], device))
+    # The warm-up builds the C++ extension on first use, fills caches and touches first allocations.
+    by_job = time_interleaved(jobs, repeats, device)
+    times = {tuple(key.split("|")): values for key, values in by_job.items()}
     medians = {key: statistics.median(values) for key, values in times.items()}
     rows = []
     for name in names:
