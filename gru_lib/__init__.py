@@ -8,6 +8,7 @@
 - ``data``: AG News from its official CSV files, validated, downloaded into a cache when missing (chapter 4)
 - ``text``: tokenizer, vocabulary, numericalisation, length-bucketed batching: what replaced torchtext (chapter 4)
 - ``models``: the news classifier: embedding, GRU backend, masked pooling, linear (chapter 5)
+- ``embeddings``: word vectors from the training rows' co-occurrences, PPMI + SVD (chapter 5)
 - ``metrics``: accuracy, macro-F1, confusion matrix, per-class scores (chapter 5)
 - ``train``: the trainer and the ``train``/``evaluate``/``predict`` commands (chapter 5)
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
