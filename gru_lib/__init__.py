@@ -14,6 +14,7 @@
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
 - ``bench``: the ``bench`` command, timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
+- ``scan``, ``mingru``: the parallel log-space scan and MinGRU, parallel in time (chapter 7)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
 """
@@ -24,6 +25,7 @@ from gru_lib.data import CLASSES, NewsExample, describe_ag_news, ensure_ag_news,
 from gru_lib.errors import CheckpointError, DataError, GruLibError
 from gru_lib.fast import FastGRU
 from gru_lib.layer import GRU
+from gru_lib.mingru import MinGRU
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.models import NewsClassifier
 from gru_lib.repro import seed_everything
@@ -41,6 +43,7 @@ __all__ = [
     "gru_gates_from_projection",
     "GRU",
     "FastGRU",
+    "MinGRU",
     "GruLibError",
     "DataError",
     "CheckpointError",
