@@ -95,7 +95,7 @@ class TrainConfig:
     dropout: float = 0.5
     word_dropout: float = 0.2
     backend: str = "torch"
-    pooling: str = "mean+max"
+    pooling: str = "mean+max+emb"
     # optimisation
     epochs: int = 6
     batch_size: int = 64
