@@ -52,6 +52,7 @@ __all__ = [
     "bench_shape",
     "run_bench",
     "measure_peak_memory",
+    "GEMMReference",
     "add_parser",
     "cpu_bf16_support",
 ]
@@ -152,7 +153,7 @@ def _mingru_class() -> type[nn.Module]:
     raise ImportError("MinGRU is not available (gru_lib.mingru / gru_lib.scan)")
 
 
-class _MMReference:
+class GEMMReference:
     """The matrix products of one GRU layer's forward (and backward), with nothing else."""
 
     def __init__(self, shape: Shape, device: torch.device) -> None:
@@ -239,7 +240,7 @@ def bench_shape(
             note = f"{name} skipped: {error}"
             if note not in notes:
                 notes.append(note)
-    mm = _MMReference(shape, device)
+    mm = GEMMReference(shape, device)
     x = torch.randn(shape.steps, shape.batch, shape.input_size, generator=torch.Generator().manual_seed(1))
     x = x.to(device).requires_grad_()
     names = list(runners) + [MM]
