@@ -20,6 +20,7 @@ import torch
 
 from gru_lib.checkpoint import load_checkpoint
 from gru_lib.cli import main as cli_main
+from gru_lib.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny model on a tiny synthetic AG News: about 60 optimisation steps, a second or two per run.
@@ -189,8 +190,11 @@ def test_sigkill_during_a_checkpoint_write_then_resume_matches_uninterrupted_run
     assert len(pending) == 1, "the kill should have landed between write and replace"
     # The latest checkpoint is the previous, complete one: readable, mid-epoch; the new one never replaced it.
     survived = load_checkpoint(out / "checkpoint.pt", require_training=True)["training"]
-    newer = load_checkpoint(pending[0], require_training=True)["training"]
-    assert survived["step"] >= 4 and newer["step"] == survived["step"] + 4 and not survived["complete"]
+    assert survived["step"] >= 4 and survived["step"] % 4 == 0 and not survived["complete"]
+    try:  # killed after the write (during the pause before the swap): the temporary file is the next one
+        assert load_checkpoint(pending[0], require_training=True)["training"]["step"] == survived["step"] + 4
+    except CheckpointError:
+        pass  # killed while torch.save was still writing it: a torn temporary file, never swapped in
 
     result = _resume(data_dir, out)
     assert result.returncode == 0, result.stderr
