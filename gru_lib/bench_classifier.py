@@ -1,7 +1,7 @@
 """The chapter 5 goal, measured: `python -m gru_lib train` with its defaults, 3 seeds, against TF-IDF + logistic
 regression trained on the same rows, both scored on the official test split.
 
-    GRU_LIB_DATA=/work/shared/data python benchmarks/classifier_goal.py --out runs/goal [--seeds 0 1 2] [-- ARGS]
+    GRU_LIB_DATA=../shared/data python -m gru_lib.bench_classifier --out runs/goal [--seeds 0 1 2] [-- ARGS]
 
 Arguments after ``--`` go to every ``train`` run (ablations). Prints one line per seed and the means; writes
 ``summary.json`` into ``--out``. Training wall time depends on what else runs on the machine, so the CPU time
