@@ -16,14 +16,7 @@ from gru_lib.tasks import ADDING_BASELINE_MSE, SequenceRegressor, adding_problem
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches here are tiny: one intra-op thread is faster (no spinning on a shared machine) and makes the
-    float32 training curves independent of the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Scale(nn.Module):

@@ -56,12 +56,7 @@ def tiny(**changes) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metrics(history: list[dict]) -> list[dict]:
