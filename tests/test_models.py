@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
 
 from gru_lib.models import BACKENDS, NewsClassifier, _reverse_within_lengths, parse_pooling
-
-
-def _available(backend: str) -> bool:
-    module = {"torch": "torch", "gru_lib": "gru_lib.layer", "fast": "gru_lib.fast", "mingru": "gru_lib"}[backend]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return False
-    return backend != "mingru" or hasattr(mod, "MinGRU")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +23,6 @@ def _batch(lengths: list[int], vocab: int, generator: torch.Generator) -> tuple[
 @pytest.mark.parametrize("pooling,bidirectional,layers", [("mean+max", True, 1), ("last+mean", True, 2),
                                                           ("max+last+emb", False, 1)])
 def test_padding_never_changes_a_prediction(backend: str, pooling: str, bidirectional: bool, layers: int) -> None:
-    if not _available(backend):
-        pytest.skip(f"backend {backend} is not available yet")
     torch.manual_seed(0)
     model = NewsClassifier(50, embed_dim=8, hidden_size=6, num_layers=layers, bidirectional=bidirectional,
                            backend=backend, pooling=pooling, dropout=0.3).eval()
@@ -56,8 +43,6 @@ def test_backends_share_weights_and_compute_the_same_function() -> None:
     reference = NewsClassifier(40, embed_dim=8, hidden_size=5, num_layers=2, backend="torch").eval()
     ids, lengths = _batch([4, 7, 2], 40, torch.Generator().manual_seed(2))
     for backend in ("gru_lib", "fast"):
-        if not _available(backend):
-            continue
         other = NewsClassifier(40, embed_dim=8, hidden_size=5, num_layers=2, backend=backend).eval()
         assert list(other.state_dict()) == list(reference.state_dict())
         other.load_state_dict(reference.state_dict())
@@ -115,8 +100,6 @@ def test_config_rebuilds_the_model_and_errors_are_clear() -> None:
 
 
 def test_gate_trace_rejects_mingru() -> None:
-    if not _available("mingru"):
-        pytest.skip("gru_lib.MinGRU is not available yet")
     model = NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru")
     with pytest.raises(ValueError, match="mingru"):
         model.gate_trace(torch.tensor([2, 3]))
