@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-
+from gru_lib.baseline import tfidf_baseline
 from gru_lib.data import CLASSES, default_data_dir, load_ag_news
 from gru_lib.metrics import classification_report, confusion_matrix
 
@@ -28,10 +26,7 @@ from gru_lib.metrics import classification_report, confusion_matrix
 def baseline(data_dir: Path) -> dict:
     """TF-IDF (words and word pairs, sublinear tf) + logistic regression (C=10), as in chapter 5."""
     train, test = load_ag_news("train", data_dir), load_ag_news("test", data_dir)
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))
-    model = LogisticRegression(C=10, max_iter=2000).fit(vectorizer.fit_transform([e.text for e in train]),
-                                                        [e.label for e in train])
-    pred = model.predict(vectorizer.transform([e.text for e in test]))
+    pred, _ = tfidf_baseline(train, test)
     report = classification_report(confusion_matrix([e.label for e in test], pred, len(CLASSES)), CLASSES)
     return {"train_rows": len(train), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
