@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from gru_lib.layer import GRU
+from gru_lib.layer import GRU, _valid_mask
 
 __all__ = ["FastGRU", "fast_gru_scan", "extension", "extension_error", "backend_name"]
 
@@ -106,13 +106,6 @@ def _mm_dtype(name: str, own: torch.dtype) -> torch.dtype:
     return own if not name else getattr(torch, name)
 
 
-def _valid_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Tensor | None:
-    if lengths is None:
-        return None
-    time = torch.arange(steps, device=lengths.device)
-    return (time[:, None] < lengths[None, :]).to(device).unsqueeze(-1)  # (T, B, 1)
-
-
 def _final_state(out: Tensor, h0: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return out[-1].clone()
@@ -140,6 +133,7 @@ def _torch_forward(
         gi = gi + b_ih
     bhh = b_hh if b_hh is not None else x.new_zeros(3 * hidden)
     valid = _valid_mask(lengths, steps, x.device)
+    padded = None if valid is None else ~valid
     out = x.new_empty(steps, batch, hidden)
     saved = x.new_empty(steps, batch, 4 * hidden) if training else None
     w_hh_t = w_hh.t().to(dt)
@@ -152,7 +146,7 @@ def _torch_forward(
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         h = n + z * (hp - n)
-        out[t] = h if valid is None else h.masked_fill(~valid[t], 0.0)
+        out[t] = h if padded is None else h.masked_fill(padded[t], 0.0)
         if saved is not None:
             torch.cat([r, z, n, h_n], dim=1, out=saved[t])
     return [out, _final_state(out, h0, lengths), saved]
@@ -174,6 +168,7 @@ def _torch_backward(
     hidden = h0.size(1)
     dt = _mm_dtype(mm_name, x.dtype)
     valid = _valid_mask(lengths, steps, x.device)
+    padded = None if valid is None else ~valid
     grads = x.new_empty(steps, batch, 4 * hidden)  # [da_r, da_z, da_n * r, da_n] per step
     dh = dh_n.clone()
     w_hh_low = w_hh.to(dt)
@@ -184,13 +179,12 @@ def _torch_backward(
         da_n = dh_total * (1 - z) * (1 - n * n)
         da_z = dh_total * (hp - n) * z * (1 - z)
         da_r = da_n * g * r * (1 - r)
-        grad_t = torch.cat([da_r, da_z, da_n * r, da_n], dim=1)
-        if valid is None:
+        grad_t = torch.cat([da_r, da_z, da_n * r, da_n], dim=1, out=grads[t])
+        if padded is None:
             dh = dh_total * z
         else:
-            grad_t = grad_t.masked_fill(~valid[t], 0.0)
+            grad_t.masked_fill_(padded[t], 0.0)
             dh = torch.where(valid[t], dh_total * z, dh)
-        grads[t] = grad_t
         dh = dh + _mm(grad_t[:, : 3 * hidden], w_hh_low, dt)
     flat = grads.view(steps * batch, 4 * hidden)
     g_h = flat[:, : 3 * hidden]

@@ -26,6 +26,15 @@ from gru_lib.cell import gru_gates_from_projection
 __all__ = ["GRU"]
 
 
+def _valid_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Tensor | None:
+    """(T, B, 1) bool, True while t < lengths[b] (past a sequence's end the state is held and the output is 0);
+    None when ``lengths`` is None (nothing is padded)."""
+    if lengths is None:
+        return None
+    time = torch.arange(steps, device=lengths.device)
+    return (time[:, None] < lengths[None, :]).to(device).unsqueeze(-1)
+
+
 def _check_size(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"GRU: {name} should be of type int, got: {type(value).__name__}")
@@ -237,11 +246,8 @@ class GRU(nn.Module):
         steps = x.size(0)
         # W_ih x_t + b_ih does not depend on h: one matrix product for all steps, outside the loop.
         gi = F.linear(x, weight_ih, bias_ih)
-        valid = None
-        if lengths is not None:
-            # valid[t, b] is True while t < lengths[b]: past the end the state is held and the output is 0.
-            time = torch.arange(steps, device=lengths.device)
-            valid = (time[:, None] < lengths[None, :]).to(x.device).unsqueeze(-1)
+        valid = _valid_mask(lengths, steps, x.device)
+        padded = None if valid is None else ~valid
         h = h0
         outputs: list[Tensor] = [h0] * steps
         for t in range(steps - 1, -1, -1) if reverse else range(steps):
@@ -252,5 +258,5 @@ class GRU(nn.Module):
             else:
                 # Reverse: the steps t >= lengths[b] come first and leave h0 untouched until the sequence starts.
                 h = torch.where(valid[t], h_step, h)
-                outputs[t] = h.masked_fill(~valid[t], 0.0)
+                outputs[t] = h.masked_fill(padded[t], 0.0)
         return torch.stack(outputs), h
