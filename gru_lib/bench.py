@@ -20,8 +20,8 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   counts tensors, workspaces and allocator overhead alike.
 
 Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-bf16`` (the same
-under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and ``MinGRU-sequential`` (chapter 7,
-skipped with a note when that module is not installed), and the reference ``torch.mm``.
+under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and ``MinGRU-sequential`` (chapter 7),
+and the reference ``torch.mm``.
 """
 
 from __future__ import annotations
@@ -132,25 +132,15 @@ def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torc
 
         module = FastGRU(shape.input_size, shape.hidden)
     elif name.startswith("MinGRU-"):
-        module = _mingru_class()(shape.input_size, shape.hidden, mode=name.removeprefix("MinGRU-"))
+        from gru_lib.mingru import MinGRU
+
+        module = MinGRU(shape.input_size, shape.hidden, mode=name.removeprefix("MinGRU-"))
     else:
         raise GruLibError(f"bench: unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if not name.startswith("MinGRU-"):
         module.load_state_dict(state)  # the exact GRUs compute the same function on the same weights
     autocast = torch.bfloat16 if name.endswith("-bf16") else None
     return _Runner(name, module.to(device), autocast)
-
-
-def _mingru_class() -> type[nn.Module]:
-    """MinGRU (chapter 7), imported lazily: its module may not exist yet."""
-    for module_name in ("gru_lib.mingru", "gru_lib.scan"):
-        try:
-            module = __import__(module_name, fromlist=["MinGRU"])
-        except ImportError:
-            continue
-        if hasattr(module, "MinGRU"):
-            return module.MinGRU
-    raise ImportError("MinGRU is not available (gru_lib.mingru / gru_lib.scan)")
 
 
 class GEMMReference:
