@@ -63,6 +63,7 @@ __all__ = [
     "TrainingInterrupted",
     "NonFiniteLossError",
     "train",
+    "tokenize_examples",
     "build_vocab",
     "encode_examples",
     "predict_logits",
@@ -191,17 +192,31 @@ def lr_factor(step: int, total_steps: int, warmup: float, schedule: str) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_vocab(examples: Sequence[NewsExample], config: TrainConfig) -> Vocab:
-    """The vocabulary of the training texts (``min_freq``, ``max_vocab``; tokens cut at ``max_len`` count too)."""
+def tokenize_examples(examples: Sequence[NewsExample], config: TrainConfig) -> list[list[str]]:
+    """The tokens of each text (``clean_text`` applied), uncut."""
+    return [tokenize(e.text, clean=config.clean_text) for e in examples]
+
+
+def build_vocab(
+    examples: Sequence[NewsExample], config: TrainConfig, *, tokens: Sequence[Sequence[str]] | None = None
+) -> Vocab:
+    """The vocabulary of the training texts (``min_freq``, ``max_vocab``; tokens cut at ``max_len`` count too).
+    ``tokens``: :func:`tokenize_examples` of ``examples`` when the caller has them already."""
     return Vocab.build(
-        (tokenize(e.text, clean=config.clean_text) for e in examples),
+        tokenize_examples(examples, config) if tokens is None else tokens,
         min_freq=config.min_freq,
         max_size=config.max_vocab,
     )
 
 
-def encode_examples(examples: Sequence[NewsExample], vocab: Vocab, config: TrainConfig) -> EncodedDataset:
-    return EncodedDataset.from_examples(examples, vocab, max_len=config.max_len, clean=config.clean_text)
+def encode_examples(
+    examples: Sequence[NewsExample], vocab: Vocab, config: TrainConfig, *,
+    tokens: Sequence[Sequence[str]] | None = None,
+) -> EncodedDataset:
+    """Token ids (cut at ``max_len``) and labels; ``tokens`` as in :func:`build_vocab`."""
+    if tokens is None:
+        return EncodedDataset.from_examples(examples, vocab, max_len=config.max_len, clean=config.clean_text)
+    return EncodedDataset(numericalize(tokens, vocab, max_len=config.max_len), [e.label for e in examples])
 
 
 def _model_for(vocab: Vocab, config: TrainConfig) -> NewsClassifier:
@@ -348,6 +363,7 @@ def train(
 
     ckpt_file = checkpoint_path(out_dir) if out_dir is not None else None
     state: dict[str, Any] | None = None
+    train_tokens = tokenize_examples(train_examples, config)  # once, for the vocabulary and the ids
     if resume:
         if ckpt_file is None:
             raise GruLibError("resume needs an output directory")
@@ -360,8 +376,8 @@ def train(
         except (ValueError, TypeError) as error:
             raise CheckpointError(f"{ckpt_file}: bad vocabulary ({error})") from None
     else:
-        vocab = build_vocab(train_examples, config)
-    train_set = encode_examples(train_examples, vocab, config)
+        vocab = build_vocab(train_examples, config, tokens=train_tokens)
+    train_set = encode_examples(train_examples, vocab, config, tokens=train_tokens)
     eval_set = encode_examples(eval_examples, vocab, config)
 
     model = _model_for(vocab, config)

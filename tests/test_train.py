@@ -18,8 +18,11 @@ from gru_lib.train import (
     NonFiniteLossError,
     TrainConfig,
     TrainingInterrupted,
+    build_vocab,
+    encode_examples,
     load_classifier,
     lr_factor,
+    tokenize_examples,
     train,
 )
 
@@ -158,3 +161,15 @@ def test_bf16_autocast_trains_on_cpu() -> None:
     result = train(tiny(epochs=1, precision="bf16"), TRAIN, TEST, log=None)
     assert 0.0 <= result.report["accuracy"] <= 1.0
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_pre_tokenized_texts_give_the_same_vocab_and_ids() -> None:
+    """train() tokenizes the training texts once and passes the tokens on; the result must not change."""
+    rows = make_examples(40, seed=3) + [NewsExample(1, "Goal &lt;b&gt;", "#39;" + " match" * 80)]
+    config = tiny(max_len=8, min_freq=2)
+    tokens = tokenize_examples(rows, config)
+    vocab = build_vocab(rows, config)
+    assert build_vocab(rows, config, tokens=tokens) == vocab
+    plain, given = encode_examples(rows, vocab, config), encode_examples(rows, vocab, config, tokens=tokens)
+    assert given.ids == plain.ids and given.labels == plain.labels
+    assert max(given.lengths) == 8
