@@ -444,6 +444,12 @@ def train(
     model = wrap_model(model, ctx)
     inner: NewsClassifier = unwrap_model(model)  # type: ignore[assignment]
 
+    def kept() -> str:
+        """What a NonFiniteLossError says about the checkpoint on disk."""
+        if ckpt_file is not None and ckpt_file.exists():
+            return f"the last good checkpoint {ckpt_file} was kept"
+        return "no checkpoint had been written yet"
+
     def snapshot(complete: bool = False) -> None:
         """Write the checkpoint (rank 0 writes; every rank joins the RNG gather)."""
         if ckpt_file is None:
@@ -452,10 +458,8 @@ def train(
         # checkpoint replaced the good one). Replicas are identical, so every rank reaches the same verdict.
         bad = [name for name, p in inner.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
-            kept = f"the last good checkpoint {ckpt_file} was kept" if ckpt_file.exists() else (
-                "no checkpoint had been written yet")
             raise NonFiniteLossError(
-                f"non-finite weights ({bad[0]}) after step {step}: training diverged and stopped; {kept} "
+                f"non-finite weights ({bad[0]}) after step {step}: training diverged and stopped; {kept()} "
                 "(try a lower --lr or --max-grad-norm)")
         rng_rows = _gather_rows(ctx, torch.get_rng_state())
         if not main:
@@ -512,11 +516,9 @@ def train(
                     flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0, 1.0 if stop.requested else 0.0])
                     ctx.all_reduce_sum(flags)
                     if flags[0] > 0:
-                        kept = f"the last good checkpoint {ckpt_file} was kept" if (
-                            ckpt_file is not None and ckpt_file.exists()) else "no checkpoint had been written yet"
                         raise NonFiniteLossError(
                             f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: training "
-                            f"stopped before this step; {kept} (try a lower --lr or --max-grad-norm)"
+                            f"stopped before this step; {kept()} (try a lower --lr or --max-grad-norm)"
                         )
                     optimizer.zero_grad(set_to_none=True)
                     optimizer_step(loss, optimizer, scaler, parameters=list(model.parameters()),
