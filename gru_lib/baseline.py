@@ -1,6 +1,6 @@
 """The classical baseline of chapter 5: TF-IDF (words and word pairs, sublinear tf) + logistic regression (C=10),
-trained on one set of rows and used to predict another. ``gru_lib.bench_classifier`` calls it; chapter 5 builds
-the same baseline inline."""
+trained on one set of rows and used to predict another. Chapter 5 and ``gru_lib.bench_classifier``
+both call it, so the notebook and the benchmark score the same baseline."""
 
 from __future__ import annotations
 
