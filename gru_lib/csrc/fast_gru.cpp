@@ -13,17 +13,30 @@
 // never becomes valid again, and the zero written to out[t] for it is never read as a valid state.
 //
 // Backward is BPTT by hand: per step, one fused pass computes the pre-activation gradients
-// G[t] = [d r, d z, d(gh_n + b_hn), d(gi_n)] (B, 4H) and dh_{t-1}; then the weight gradients of ALL steps are
-// single large products: dW_hh = G_h^T [h0; out[:-1]], dW_ih = G_i^T X, dX = G_i W_ih.
+// G_h[t] = [d r, d z, d(gh_n + b_hn)] and G_i[t] = [d r, d z, d(gi_n)] (each (B, 3H)) and dh_{t-1}; then the
+// weight gradients of ALL steps are single large products: dW_hh = G_h^T [h0; out[:-1]], dW_ih = G_i^T X,
+// dX = G_i W_ih.
+//
+// Matrix products. torch.mm on x86 CPUs calls MKL, and on this AMD processor MKL takes its 256-bit (AVX2)
+// path: about 200 GFLOP/s on 2 cores. oneDNN, which PyTorch also ships, uses the 512-bit units: about
+// 400 GFLOP/s on the per-step (64, 256) x (256, 768) product once the fixed weight is packed into its blocked
+// layout (measured by `python -m gru_lib bench`, the rows torch.mm and oneDNN). So on CPU, for float32 and
+// bfloat16, the products go through PyTorch's own oneDNN operators (mkldnn::_reorder_linear_weight packs a
+// weight once per call, mkldnn::_linear_pointwise multiplies); with torch.backends.mkldnn disabled, in builds
+// without oneDNN, and for float64 they go through ATen (at::mm) as before. Both give float32 rounding only.
 #include <torch/extension.h>
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <bit>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -114,16 +127,20 @@ GRU_CLONES void gates_forward(int64_t b0, int64_t b1, int64_t H, int64_t t, cons
 
 // Backward gates of rows [b0, b1) at one step. dh: (B, H) carried gradient w.r.t. this step's new state,
 // replaced by the direct part z * dh' of the gradient w.r.t. the previous state (the W_hh part is added by
-// one matrix product afterwards); dout: (B, H) gradient of this step's output; G: (B, 4H) written as
-// [da_r, da_z, da_n * r, da_n] (pre-activation gradients; 0 for padded rows, whose dh passes through).
+// one matrix product afterwards); dout: (B, H) gradient of this step's output; Gh, Gi: (B, 3H) written as
+// [da_r, da_z, da_n * r] (gradient of gh + b_hh) and [da_r, da_z, da_n] (gradient of gi), 0 for padded rows,
+// whose dh passes through.
 template <typename T>
 GRU_CLONES void gates_backward(int64_t b0, int64_t b1, int64_t H, int64_t t, const int64_t* lengths,
                                const T* __restrict__ saved, const T* __restrict__ hp,
-                               const T* __restrict__ dout, T* __restrict__ dh, T* __restrict__ G) {
+                               const T* __restrict__ dout, T* __restrict__ dh, T* __restrict__ Gh,
+                               T* __restrict__ Gi) {
   for (int64_t b = b0; b < b1; ++b) {
-    T* g = G + b * 4 * H;
+    T* gh = Gh + b * 3 * H;
+    T* gi = Gi + b * 3 * H;
     if (lengths != nullptr && t >= lengths[b]) {
-      std::fill(g, g + 4 * H, T(0));
+      std::fill(gh, gh + 3 * H, T(0));
+      std::fill(gi, gi + 3 * H, T(0));
       continue;
     }
     const T* r_ = saved + b * 4 * H;
@@ -139,10 +156,10 @@ GRU_CLONES void gates_backward(int64_t b0, int64_t b1, int64_t H, int64_t t, con
       const T da_n = dhj * (T(1) - z) * (T(1) - n * n);
       const T da_z = dhj * (p[j] - n) * z * (T(1) - z);
       const T da_r = da_n * gn_[j] * r * (T(1) - r);
-      g[j] = da_r;
-      g[H + j] = da_z;
-      g[2 * H + j] = da_n * r;
-      g[3 * H + j] = da_n;
+      gh[j] = gi[j] = da_r;
+      gh[H + j] = gi[H + j] = da_z;
+      gh[2 * H + j] = da_n * r;
+      gi[2 * H + j] = da_n;
       d[j] = dhj * z;
     }
   }
@@ -151,43 +168,84 @@ GRU_CLONES void gates_backward(int64_t b0, int64_t b1, int64_t H, int64_t t, con
 // Rows per parallel task: about 8k elements per task, so that small steps stay on one thread.
 int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
 
-// The step's matrix product out = a @ bt, in mm_dtype (float32 or bfloat16) with float32 result.
-struct StepMM {
-  at::Tensor bt, bt_low, a_low, out_low;
-  bool low;
-  StepMM(const at::Tensor& bt_, at::ScalarType mm_dtype, int64_t rows)
-      : bt(bt_), low(mm_dtype != bt_.scalar_type()) {
-    if (low) {
-      bt_low = bt_.to(mm_dtype);
-      a_low = at::empty({rows, bt_.size(0)}, bt_.options().dtype(mm_dtype));
-      out_low = at::empty({rows, bt_.size(1)}, bt_.options().dtype(mm_dtype));
-    }
-  }
-  void operator()(at::Tensor& out, const at::Tensor& a) {
-    if (!low) {
-      at::mm_out(out, a, bt);
-    } else {
-      a_low.copy_(a);
-      at::mm_out(out_low, a_low, bt_low);
-      out.copy_(out_low);
-    }
-  }
-  void add(at::Tensor& out, const at::Tensor& a) {  // out += a @ bt
-    if (!low) {
-      out.addmm_(a, bt);
-    } else {
-      a_low.copy_(a);
-      at::mm_out(out_low, a_low, bt_low);
-      out.add_(out_low);
-    }
-  }
+// ---- Matrix products ----
+
+using LinearFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            std::string_view, c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>);
+using ReorderFn = at::Tensor(const at::Tensor&, std::optional<int64_t>);
+
+// PyTorch's oneDNN operators, looked up once (absent from builds without oneDNN).
+struct OneDnnOps {
+  std::optional<c10::TypedOperatorHandle<LinearFn>> linear;    // X W^T, W dense (any strides) or packed
+  std::optional<c10::TypedOperatorHandle<ReorderFn>> reorder;  // W -> oneDNN's blocked layout
 };
 
-// a @ b for the one-off large products, in mm_dtype with the result in a's dtype.
-at::Tensor big_mm(const at::Tensor& a, const at::Tensor& b, at::ScalarType mm_dtype) {
-  if (mm_dtype == a.scalar_type()) return at::mm(a, b);
-  return at::mm(a.to(mm_dtype), b.to(mm_dtype)).to(a.scalar_type());
+const OneDnnOps& onednn_ops() {
+  static const OneDnnOps ops = [] {
+    OneDnnOps o;
+    auto& dispatcher = c10::Dispatcher::singleton();
+    auto linear = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
+    auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    if (linear && reorder) {
+      o.linear = linear->typed<LinearFn>();
+      o.reorder = reorder->typed<ReorderFn>();
+    }
+    return o;
+  }();
+  return ops;
 }
+
+// Whether products in this dtype on these tensors' device go through oneDNN (see the header comment).
+bool use_onednn(const at::Tensor& like, at::ScalarType mm_dtype) {
+  return like.device().is_cpu() && (mm_dtype == at::kFloat || mm_dtype == at::kBFloat16) &&
+         at::globalContext().userEnabledMkldnn() && onednn_ops().linear.has_value();
+}
+
+// a @ w^T by oneDNN; a (M, K) contiguous, w (N, K) dense with any strides, or packed.
+at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w) {
+  return onednn_ops().linear->call(a.contiguous(), w, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
+                                   std::nullopt);
+}
+
+// a @ w^T in mm_dtype with the result in a's dtype, for one-off products; w (N, K) with any strides.
+at::Tensor product_abt(const at::Tensor& a, const at::Tensor& w, at::ScalarType mm_dtype) {
+  const bool low = mm_dtype != a.scalar_type();
+  const at::Tensor a_mm = low ? a.to(mm_dtype) : a, w_mm = low ? w.to(mm_dtype) : w;
+  at::Tensor y = use_onednn(a, mm_dtype) ? onednn_linear(a_mm, w_mm) : at::mm(a_mm, w_mm.t());
+  return low ? y.to(a.scalar_type()) : y;
+}
+
+// a^T @ b (a (M, N), b (M, K), M the long axis: T*B) in mm_dtype, result (N, K) in a's dtype. oneDNN wants
+// the contracted axis contiguous in its left operand, so it computes (b^T a)^T from a transposed copy of b.
+at::Tensor product_atb(const at::Tensor& a, const at::Tensor& b, at::ScalarType mm_dtype) {
+  if (!use_onednn(a, mm_dtype)) return product_abt(a.t(), b.t(), mm_dtype);
+  const bool low = mm_dtype != a.scalar_type();
+  const at::Tensor a_mm = low ? a.to(mm_dtype) : a;
+  const at::Tensor bt_mm = (low ? b.to(mm_dtype) : b).t().contiguous();
+  at::Tensor y = onednn_linear(bt_mm, a_mm.t()).t().contiguous();
+  return low ? y.to(a.scalar_type()) : y;
+}
+
+// The per-step product a @ w^T with a fixed w (N, K): packed once for oneDNN, in mm_dtype (float32 or
+// bfloat16) with the result in w's dtype.
+class FixedWeightProduct {
+ public:
+  FixedWeightProduct(const at::Tensor& w, at::ScalarType mm_dtype, int64_t rows)
+      : dtype_(w.scalar_type()), mm_dtype_(mm_dtype), onednn_(use_onednn(w, mm_dtype)) {
+    const at::Tensor w_mm = w.to(mm_dtype).contiguous();
+    weight_ = onednn_ ? onednn_ops().reorder->call(w_mm, rows) : w_mm.t();
+  }
+  at::Tensor operator()(const at::Tensor& a) const {
+    const at::Tensor a_mm = mm_dtype_ != dtype_ ? a.to(mm_dtype_) : a;
+    at::Tensor y = onednn_ ? onednn_linear(a_mm, weight_) : at::mm(a_mm, weight_);
+    return mm_dtype_ != dtype_ ? y.to(dtype_) : y;
+  }
+
+ private:
+  at::ScalarType dtype_, mm_dtype_;
+  bool onednn_;
+  at::Tensor weight_;  // packed (oneDNN) or w^T (ATen)
+};
 
 // The dtype of the matrix products: "" (the data's own), "bfloat16" or "float16" (autocast).
 at::ScalarType mm_type(const std::string& name, at::ScalarType own) {
@@ -228,18 +286,17 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_, const at::Tensor& h0_,
   const at::Tensor bhh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({3 * H}, x.options());
 
   // All steps' input projections in one product.
-  at::Tensor gi = big_mm(x.view({T * B, D}), w_ih.t(), mm_dtype);
+  at::Tensor gi = product_abt(x.view({T * B, D}), w_ih, mm_dtype);
   if (b_ih.has_value()) gi.add_(*b_ih);
   at::Tensor out = at::empty({T, B, H}, x.options());
   at::Tensor saved = training ? at::empty({T, B, 4 * H}, x.options()) : at::Tensor();
-  at::Tensor gh = at::empty({B, 3 * H}, x.options());
-  StepMM step_mm(w_hh.t(), mm_dtype, B);
+  const FixedWeightProduct times_w_hh_t(w_hh, mm_dtype, B);  // gh = h W_hh^T
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fast_gru_forward", [&] {
     const scalar_t* bias = bhh.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
       const at::Tensor hp = t == 0 ? h0 : out[t - 1];
-      step_mm(gh, hp);
+      const at::Tensor gh = times_w_hh_t(hp);
       const scalar_t* gi_t = gi.data_ptr<scalar_t>() + t * B * 3 * H;
       const scalar_t* gh_p = gh.data_ptr<scalar_t>();
       const scalar_t* hp_p = hp.data_ptr<scalar_t>();
@@ -266,9 +323,10 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
   const at::Tensor lengths = lengths_.has_value() ? lengths_->contiguous() : at::Tensor();
   const int64_t* lens = lengths_ptr(lengths);
 
-  at::Tensor G = at::empty({T, B, 4 * H}, x.options());
+  at::Tensor Gh = at::empty({T, B, 3 * H}, x.options());
+  at::Tensor Gi = at::empty({T, B, 3 * H}, x.options());
   at::Tensor dh = dh_n.contiguous().clone();
-  StepMM step_mm(w_hh, mm_dtype, B);  // dh_{t-1} += G_h[t] @ W_hh
+  const FixedWeightProduct times_w_hh(w_hh.t(), mm_dtype, B);  // dh_{t-1} += G_h[t] W_hh
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fast_gru_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -277,26 +335,29 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
       const scalar_t* hp_p = hp.data_ptr<scalar_t>();
       const scalar_t* dout_t = dout.data_ptr<scalar_t>() + t * B * H;
       scalar_t* dh_p = dh.data_ptr<scalar_t>();
-      scalar_t* G_t = G.data_ptr<scalar_t>() + t * B * 4 * H;
+      scalar_t* Gh_t = Gh.data_ptr<scalar_t>() + t * B * 3 * H;
+      scalar_t* Gi_t = Gi.data_ptr<scalar_t>() + t * B * 3 * H;
       at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        gates_backward<scalar_t>(b0, b1, H, t, lens, saved_t, hp_p, dout_t, dh_p, G_t);
+        gates_backward<scalar_t>(b0, b1, H, t, lens, saved_t, hp_p, dout_t, dh_p, Gh_t, Gi_t);
       });
-      step_mm.add(dh, G[t].narrow(1, 0, 3 * H));
+      dh.add_(times_w_hh(Gh[t]));
     }
   });
 
   // The weight gradients of all steps as single large products.
-  const at::Tensor G2 = G.view({T * B, 4 * H});
-  const at::Tensor Gh = G2.narrow(1, 0, 3 * H);                                         // d gh (r|z|n)
-  const at::Tensor Gi_rz = G2.narrow(1, 0, 2 * H), Gi_n = G2.narrow(1, 3 * H, H);     // d gi
-  const at::Tensor X = x.view({T * B, D});
-  at::Tensor dW_hh = big_mm(Gh.narrow(0, 0, B).t(), h0, mm_dtype);
-  if (T > 1) dW_hh.add_(big_mm(Gh.narrow(0, B, (T - 1) * B).t(), out.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}), mm_dtype));
-  at::Tensor dW_ih = at::cat({big_mm(Gi_rz.t(), X, mm_dtype), big_mm(Gi_n.t(), X, mm_dtype)}, 0);
-  at::Tensor dx = big_mm(Gi_rz, w_ih.narrow(0, 0, 2 * H), mm_dtype);
-  dx.add_(big_mm(Gi_n, w_ih.narrow(0, 2 * H, H), mm_dtype));
-  at::Tensor db_hh = Gh.sum(0);
-  at::Tensor db_ih = at::cat({Gi_rz.sum(0), Gi_n.sum(0)}, 0);
+  // G_h and the previous states are released before G_i's products, to keep the peak memory down.
+  at::Tensor dW_hh, db_hh;
+  {
+    const at::Tensor Gh2 = Gh.view({T * B, 3 * H});
+    const at::Tensor H_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T - 1)}, 0).view({T * B, H});
+    dW_hh = product_atb(Gh2, H_prev, mm_dtype);
+    db_hh = Gh2.sum(0);
+    Gh.reset();
+  }
+  const at::Tensor Gi2 = Gi.view({T * B, 3 * H});
+  at::Tensor dW_ih = product_atb(Gi2, x.view({T * B, D}), mm_dtype);
+  at::Tensor dx = product_abt(Gi2, w_ih.t(), mm_dtype);
+  at::Tensor db_ih = Gi2.sum(0);
   return {dx.view({T, B, D}), dh, dW_ih, dW_hh, db_ih, db_hh};
 }
 
@@ -304,5 +365,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &gru_forward, "FastGRU forward scan of one direction (CPU)");
+  m.def("uses_onednn", [](const std::string& dtype) {
+    return use_onednn(at::empty({0}), dtype == "bfloat16" ? at::kBFloat16 : dtype == "float64" ? at::kDouble : at::kFloat);
+  }, "whether products in this dtype go through oneDNN now (else ATen's at::mm)");
   m.def("backward", &gru_backward, "FastGRU backward through time of one direction (CPU)");
 }
