@@ -27,10 +27,7 @@ gate arithmetic, states and gradients stay in the parameters' dtype, as autocast
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
@@ -38,52 +35,23 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from gru_lib import native
 from gru_lib.layer import GRU, _valid_mask
 
 __all__ = ["FastGRU", "fast_gru_scan", "extension", "extension_error", "backend_name"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "fast_gru.cpp"
-# Portable flags only: the gate kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones),
-# so one build serves every x86-64 machine that shares the extensions cache.
-_CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
-_NO_EXTENSION_ENV = "GRU_LIB_NO_EXTENSION"
-
-
-@dataclass
-class _ExtensionState:
-    module: ModuleType | None = None
-    error: str | None = None
-    tried: bool = False
-
-
-_STATE = _ExtensionState()
+_STEM = "fast_gru"
 
 
 def extension() -> ModuleType | None:
-    """The compiled C++ module, building it on first use (about a minute, cached by torch afterwards under a
-    name keyed on the source, the flags and the torch version); ``None`` when ``GRU_LIB_NO_EXTENSION=1`` or
-    when the build failed (the reason is in :func:`extension_error`)."""
-    if os.environ.get(_NO_EXTENSION_ENV, "") not in ("", "0"):
-        return None
-    if not _STATE.tried:
-        _STATE.tried = True
-        try:
-            from torch.utils import cpp_extension
-
-            key = hashlib.sha256(
-                _SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode()
-            ).hexdigest()[:12]
-            _STATE.module = cpp_extension.load(
-                name=f"gru_lib_fast_{key}", sources=[str(_SOURCE)], extra_cflags=_CFLAGS, verbose=False
-            )
-        except Exception as error:  # no compiler, no headers, a failed build: fall back to PyTorch ops
-            _STATE.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
-    return _STATE.module
+    """The compiled ``csrc/fast_gru.cpp``, built on first use (:func:`gru_lib.native.load`); ``None`` when
+    ``GRU_LIB_NO_EXTENSION=1`` or when the build failed (the reason is in :func:`extension_error`)."""
+    return native.load(_STEM)
 
 
 def extension_error() -> str | None:
     """Why the C++ extension is not in use (None when it loaded or was not tried yet)."""
-    return _STATE.error
+    return native.load_error(_STEM)
 
 
 def backend_name(device: torch.device | str = "cpu") -> str:

@@ -5,8 +5,8 @@
 //   gh = h W_hh^T                    one matrix product per step, into a preallocated buffer
 //   r = sigmoid(gi_r + gh_r + b_hr)   z = sigmoid(gi_z + gh_z + b_hz)
 //   n = tanh(gi_n + r * (gh_n + b_hn))   h' = n + z * (h - n)
-// The gate arithmetic of a step is one fused pass over (B, H) (forward) or (B, 4H) (backward), vectorised by
-// the compiler with runtime dispatch (target_clones), so the build needs no -march flag.
+// The gate arithmetic of a step is one fused pass over (B, H) (forward) or (B, 3H) (backward), vectorised by
+// the compiler with runtime dispatch (target_clones, fast_math.h), so the build needs no -march flag.
 //
 // Variable lengths: row b is valid at step t iff t < lengths[b]; padded outputs are 0 and the state of a row
 // stops at its last valid step (h_n gathers it). Padding only ever follows the valid steps, so a padded row
@@ -30,10 +30,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "fast_math.h"
+
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <bit>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,39 +41,8 @@
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GRU_CLONES
-#endif
-
-// exp for float without a libm call, so the loops below vectorise: Cody-Waite range reduction and the Cephes
-// degree-6 polynomial (relative error about 2e-7 over the clamped range).
-static inline float exp_f(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  return p * std::bit_cast<float>(bits);
-}
-static inline double exp_f(double x) { return std::exp(x); }
-
-template <typename T>
-static inline T sigmoid_f(T x) {
-  return T(1) / (T(1) + exp_f(-x));
-}
-template <typename T>
-static inline T tanh_f(T x) {
-  return T(1) - T(2) / (exp_f(T(2) * x) + T(1));
-}
-static inline double tanh_f(double x) { return std::tanh(x); }
+using gru_math::sigmoid_f;
+using gru_math::tanh_f;
 
 // Forward gates of rows [b0, b1) at one step. gi: (B, 3H) this step's input projections (b_ih included);
 // gh: (B, 3H) = h W_hh^T (no bias); hp: previous state (B, H); out: new state (B, H), 0 for padded rows;

@@ -1,0 +1,68 @@
+"""The C++ kernels of chapters 6 and 7 (``gru_lib/csrc``), built on first use with
+:mod:`torch.utils.cpp_extension` and cached by torch afterwards.
+
+:func:`load` returns the compiled module of one source file, or ``None`` when the environment sets
+``GRU_LIB_NO_EXTENSION=1`` or the build failed (no compiler, no headers); :func:`load_error` says why. Callers
+then use their PyTorch implementation of the same contract, so a machine without a compiler still runs
+everything, only slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["load", "load_error", "NO_EXTENSION_ENV"]
+
+CSRC = Path(__file__).with_name("csrc")
+# Portable flags only: the kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones in
+# fast_math.h), so one build serves every x86-64 machine that shares the extensions cache.
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+NO_EXTENSION_ENV = "GRU_LIB_NO_EXTENSION"
+
+
+@dataclass
+class _Built:
+    modules: dict[str, ModuleType | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+_BUILT = _Built()
+
+
+def load(stem: str) -> ModuleType | None:
+    """The module compiled from ``csrc/<stem>.cpp`` (about a minute the first time; cached under a name keyed
+    on the sources, the flags and the torch version), or ``None`` (see the module docstring)."""
+    if os.environ.get(NO_EXTENSION_ENV, "") not in ("", "0"):
+        return None
+    if stem not in _BUILT.modules:
+        _BUILT.modules[stem] = None
+        source = CSRC / f"{stem}.cpp"
+        try:
+            from torch.utils import cpp_extension
+
+            digest = hashlib.sha256(source.read_bytes())
+            for header in sorted(CSRC.glob("*.h")):
+                digest.update(header.read_bytes())
+            digest.update((" ".join(CFLAGS) + torch.__version__).encode())
+            _BUILT.modules[stem] = cpp_extension.load(
+                name=f"gru_lib_{stem}_{digest.hexdigest()[:12]}",
+                sources=[str(source)],
+                extra_cflags=CFLAGS,
+                extra_include_paths=[str(CSRC)],
+                verbose=False,
+            )
+        except Exception as error:  # no compiler, no headers, a failed build: the caller falls back
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _BUILT.errors[stem] = f"{type(error).__name__}: {first_line}"
+    return _BUILT.modules[stem]
+
+
+def load_error(stem: str) -> str | None:
+    """Why ``csrc/<stem>.cpp`` is not in use (None when it loaded or was not tried yet)."""
+    return _BUILT.errors.get(stem)
