@@ -1,5 +1,8 @@
 """gru_lib.scan and gru_lib.MinGRU: the parallel (blocked log-space) scan against the sequential reference.
 
+Every test runs on both implementations of the blocked scan: the C++ kernel (csrc/mingru_scan.cpp, CPU float32
+and float64) and the PyTorch one (GRU_LIB_NO_EXTENSION=1).
+
 Tolerances: fp64 agrees to 1e-12; fp32 to rtol = atol = 2e-5 (the scan and the loop round differently, and the
 state is an average of O(1) values, so the absolute error stays at a few ulps of 1 even at T = 16384)."""
 
@@ -8,8 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gru_lib import MinGRU
+from gru_lib import MinGRU, native
 from gru_lib.scan import (
+    _backward,
+    _forward,
     default_block_size,
     g,
     heinsen_scan,
@@ -18,10 +23,23 @@ from gru_lib.scan import (
     mingru_coefficients,
     mingru_scan,
     mingru_sequential,
+    scan_kernel,
 )
 
 FP32 = {"rtol": 2e-5, "atol": 2e-5}
 FP64 = {"rtol": 1e-12, "atol": 1e-12}
+
+
+@pytest.fixture(autouse=True, params=["cpp", "torch"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test on the C++ scan and on the PyTorch scan, and checks that the chosen one is the one used."""
+    if request.param == "torch":
+        monkeypatch.setenv("GRU_LIB_NO_EXTENSION", "1")
+    else:
+        monkeypatch.delenv("GRU_LIB_NO_EXTENSION", raising=False)
+    used = "cpp" if scan_kernel(torch.zeros(1, 1, 2)) is not None else "torch"
+    assert used == request.param, native.load_error("mingru_scan")
+    return request.param
 
 
 def _inputs(steps: int, batch: int = 2, hidden: int = 4, dtype: torch.dtype = torch.float32, scale: float = 2.0, seed: int = 0):
@@ -265,3 +283,31 @@ def test_device_and_dtype_follow_inputs() -> None:
     # F.linear-shaped inputs with several lane dimensions.
     y4 = torch.randn(6, 2, 3, 8, dtype=torch.float64)
     torch.testing.assert_close(mingru_scan(y4), mingru_sequential(y4), **FP64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("steps", "block"), [(1, 1), (10, 3), (257, 16), (1000, 1000)])
+def test_kernel_matches_pytorch_blocked_scan(scan_path: str, dtype: torch.dtype, steps: int, block: int) -> None:
+    """The C++ kernel's (h, block-start states) and its gradients equal the PyTorch implementation's."""
+    if scan_path == "torch":
+        pytest.skip("compares the C++ kernel with the PyTorch scan")
+    y, h0 = _inputs(steps, batch=3, hidden=5, dtype=dtype, scale=4.0, seed=steps)
+    h0 = -h0.abs()  # a negative start state enters the carry linearly
+    kernel = scan_kernel(y)
+    assert kernel is not None
+    h, carry = kernel.forward(y, h0, block)
+    h_ref, carry_ref = _forward(y, h0, block)
+    tol = FP64 if dtype == torch.float64 else FP32
+    torch.testing.assert_close(h, h_ref, **tol)
+    torch.testing.assert_close(carry, carry_ref, **tol)
+    grad = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad_y, grad_h0 = kernel.backward(grad, y, h, carry, block)
+    grad_y_ref, grad_h0_ref = _backward(grad, y, h_ref, carry_ref, block)
+    torch.testing.assert_close(grad_y, grad_y_ref, **tol)
+    torch.testing.assert_close(grad_h0, grad_h0_ref, **tol)
+
+
+def test_kernel_is_used_only_where_it_applies(scan_path: str) -> None:
+    """CPU float32/float64 take the kernel (when built); bfloat16 keeps the PyTorch scan."""
+    assert scan_kernel(torch.zeros(2, 1, 4, dtype=torch.bfloat16)) is None
+    assert (scan_kernel(torch.zeros(2, 1, 4, dtype=torch.float64)) is not None) == (scan_path == "cpp")
