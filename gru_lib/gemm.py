@@ -1,0 +1,87 @@
+"""Chapter 6's finding about matrix products, for the layers written in Python (minGRU's projection).
+
+``torch.mm`` and ``F.linear`` on x86 CPUs call MKL, which on AMD processors takes its 256-bit (AVX2) path;
+oneDNN, which PyTorch also ships (``torch.ops.mkldnn``), uses the 512-bit units and on this 2-core AMD EPYC
+multiplies about twice as fast (``python -m gru_lib bench`` measures both on the GRU's own products).
+:func:`linear` is ``F.linear`` computed through oneDNN where that applies, with a hand-written backward:
+
+    y = x W^T + b            mkldnn::_linear_pointwise(x, W, b)
+    dx = dy W                mkldnn::_linear_pointwise(dy, W^T)
+    dW = dy^T x              oneDNN wants the contracted axis contiguous in its left operand, so this is
+                             sum over row chunks of (x_c^T dy_c)^T, each x_c^T a small transposed copy
+    db = sum of dy's rows
+
+It applies on CPU, for float32 and bfloat16, with ``torch.backends.mkldnn`` enabled and outside autocast;
+everywhere else :func:`linear` is ``F.linear``. Results differ from MKL's by float rounding only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+__all__ = ["linear", "uses_onednn"]
+
+# Rows per chunk of the weight gradient: the transposed copy of one chunk of x stays in the L2 cache.
+_WEIGHT_GRAD_CHUNK = 1024
+
+
+def uses_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`linear` computes ``x W^T`` through oneDNN (the module docstring lists when)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ w^T (+ bias)`` by oneDNN: a (M, K) contiguous, w (N, K) with any strides."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w, bias, "none", [], "")
+
+
+def _weight_grad(dy: Tensor, x: Tensor) -> Tensor:
+    """``dy^T x`` (N, K) for dy (M, N) and x (M, K), M the long axis (module docstring)."""
+    if x.shape[0] <= _WEIGHT_GRAD_CHUNK:
+        return dy.t() @ x
+    total = None
+    for start in range(0, x.shape[0], _WEIGHT_GRAD_CHUNK):
+        rows = slice(start, start + _WEIGHT_GRAD_CHUNK)
+        part = _onednn(x[rows].t().contiguous(), dy[rows].t())  # (K, N)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total.t().contiguous()
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = _onednn(dy, weight.t()) if ctx.needs_input_grad[0] else None
+        dw = _weight_grad(dy, x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: x (..., in), weight (out, in), bias (out,) or None; through oneDNN where
+    :func:`uses_onednn` says so, else ``F.linear`` itself."""
+    if not uses_onednn(x, weight) or x.dim() < 1 or x.numel() == 0:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    return _OneDnnLinear.apply(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
