@@ -245,7 +245,9 @@ class GRU(nn.Module):
         backwards from its own last valid step)."""
         steps = x.size(0)
         # W_ih x_t + b_ih does not depend on h: one matrix product for all steps, outside the loop.
-        gi = F.linear(x, weight_ih, bias_ih)
+        # unbind, not gi[t]: autograd's backward of each gi[t] would write a full-size (T, B, 3H) zero gradient,
+        # T times over; unbind's backward stacks the step gradients once.
+        gi = F.linear(x, weight_ih, bias_ih).unbind(0)
         valid = _valid_mask(lengths, steps, x.device)
         padded = None if valid is None else ~valid
         h = h0

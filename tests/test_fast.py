@@ -12,7 +12,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from gru_lib import fast
 from gru_lib.fast import FastGRU, fast_gru_scan
 
-PATHS = ["cpp", "torch"]
+# "cpp": the C++ loop with oneDNN's matrix products; "cpp-aten": the same loop with torch.backends.mkldnn
+# disabled, so its products go through ATen (MKL); "torch": the PyTorch fallback (GRU_LIB_NO_EXTENSION=1).
+PATHS = ["cpp", "cpp-aten", "torch"]
 
 
 @pytest.fixture(params=PATHS)
@@ -21,7 +23,14 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         monkeypatch.setenv("GRU_LIB_NO_EXTENSION", "1")
     else:
         monkeypatch.delenv("GRU_LIB_NO_EXTENSION", raising=False)
-    assert fast.backend_name("cpu") == request.param, fast.extension_error()
+    assert fast.backend_name("cpu") == request.param.split("-")[0], fast.extension_error()
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", request.param != "cpp-aten")
+    if request.param.startswith("cpp"):
+        module = fast.extension()
+        assert module is not None
+        expected = request.param == "cpp" and torch.backends.mkldnn.is_available()
+        assert module.uses_onednn("float32") == expected
+        assert not module.uses_onednn("float64")  # oneDNN has no float64 products: ATen
     return request.param
 
 
