@@ -13,15 +13,20 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   backend ``torch.mm``: one (T·B, D) x (D, 3H) product and T (B, H) x (H, 3H) products forward; backward adds
   T (B, 3H) x (3H, H), the two weight-gradient products and the input-gradient product), timed in the same
   rounds. An exact GRU cannot beat fraction 1 without faster matrix products;
+- ``frac_of_onednn``: the same over the rate of those products through oneDNN (the backend ``oneDNN``,
+  CPU only: PyTorch's ``mkldnn::_linear_pointwise``, the fixed weights packed once, as FastGRU does). On
+  x86 ``torch.mm`` calls MKL, which on AMD processors runs its AVX2 path; oneDNN uses AVX-512, so on this
+  machine its products are about twice as fast, and ``frac_of_mm`` above 1 means "faster products";
 - ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
   call the kernel's high-water mark is reset (``/proc/self/clear_refs``, Linux), the call runs, and the
   increase of ``VmHWM`` over the resident size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is
   fixed so that every large buffer is mapped and unmapped (none hides in the heap between calls). This
   counts tensors, workspaces and allocator overhead alike.
 
-Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-bf16`` (the same
-under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and ``MinGRU-sequential`` (chapter 7),
-and the reference ``torch.mm``.
+Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-aten`` (the same
+with ``torch.backends.mkldnn`` disabled, so its products go through ATen/MKL: what oneDNN adds),
+``FastGRU-bf16`` (under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and
+``MinGRU-sequential`` (chapter 7), and the references ``torch.mm`` and ``oneDNN``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +58,7 @@ __all__ = [
     "run_bench",
     "measure_peak_memory",
     "GEMMReference",
+    "onednn_available",
     "add_parser",
     "cpu_bf16_support",
 ]
@@ -61,11 +67,14 @@ BACKENDS: tuple[str, ...] = (
     "nn.GRU",
     "gru_lib.GRU",
     "FastGRU",
+    "FastGRU-aten",
     "FastGRU-bf16",
     "MinGRU-parallel",
     "MinGRU-sequential",
 )
 MM = "torch.mm"
+ONEDNN = "oneDNN"
+REFERENCES: tuple[str, ...] = (MM, ONEDNN)
 MODES: tuple[str, ...] = ("fwd", "fwd+bwd")
 # The issue's reference point, the centre of every sweep.
 BASE = (64, 64, 128, 256)
@@ -118,6 +127,17 @@ class _Runner:
     name: str
     module: nn.Module | None
     autocast: torch.dtype | None = None
+    onednn: bool = True  # False: torch.backends.mkldnn disabled during the call
+
+
+@contextlib.contextmanager
+def _mkldnn_enabled(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torch.device) -> _Runner:
@@ -127,7 +147,7 @@ def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torc
         module: nn.Module = nn.GRU(shape.input_size, shape.hidden)
     elif name == "gru_lib.GRU":
         module = GRU(shape.input_size, shape.hidden)
-    elif name in ("FastGRU", "FastGRU-bf16"):
+    elif name in ("FastGRU", "FastGRU-aten", "FastGRU-bf16"):
         from gru_lib.fast import FastGRU
 
         module = FastGRU(shape.input_size, shape.hidden)
@@ -140,22 +160,36 @@ def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torc
     if not name.startswith("MinGRU-"):
         module.load_state_dict(state)  # the exact GRUs compute the same function on the same weights
     autocast = torch.bfloat16 if name.endswith("-bf16") else None
-    return _Runner(name, module.to(device), autocast)
+    return _Runner(name, module.to(device), autocast, onednn=not name.endswith("-aten"))
+
+
+def onednn_available(device: torch.device | str = "cpu") -> bool:
+    """Whether PyTorch's oneDNN operators can multiply tensors of this device (the ``oneDNN`` reference)."""
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
 
 
 class GEMMReference:
-    """The matrix products of one GRU layer's forward (and backward), with nothing else."""
+    """The matrix products of one GRU layer's forward (and backward), with nothing else, through ``torch.mm``
+    or (``library="oneDNN"``) through oneDNN the way FastGRU calls it: the step weights packed once, the
+    weight gradients from a transposed copy of the states / inputs."""
 
-    def __init__(self, shape: Shape, device: torch.device) -> None:
+    def __init__(self, shape: Shape, device: torch.device, library: str = MM) -> None:
         b, t, d, h = shape.batch, shape.steps, shape.input_size, shape.hidden
         gen = torch.Generator().manual_seed(0)
         make = lambda *size: torch.randn(*size, generator=gen).to(device)  # noqa: E731
-        self.steps = t
+        self.steps, self.library = t, library
         self.x, self.w_ih_t, self.w_ih = make(t * b, d), make(d, 3 * h), make(3 * h, d)
         self.h, self.w_hh_t, self.w_hh = make(b, h), make(h, 3 * h), make(3 * h, h)
         self.g_step, self.g_all, self.h_all = make(b, 3 * h), make(t * b, 3 * h), make(t * b, h)
+        if library == ONEDNN:
+            pack = torch.ops.mkldnn._reorder_linear_weight
+            self.w_hh_packed = pack(self.w_hh_t.t().contiguous(), b)  # h @ W_hh^T
+            self.w_hh_t_packed = pack(self.w_hh.t().contiguous(), b)  # g @ W_hh
 
     def __call__(self, mode: str) -> None:
+        if self.library == ONEDNN:
+            self._onednn(mode)
+            return
         torch.mm(self.x, self.w_ih_t)
         for _ in range(self.steps):
             torch.mm(self.h, self.w_hh_t)
@@ -166,22 +200,35 @@ class GEMMReference:
             torch.mm(self.g_all.t(), self.x)
             torch.mm(self.g_all, self.w_ih)
 
+    def _onednn(self, mode: str) -> None:
+        linear = lambda a, w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
+        linear(self.x, self.w_ih_t.t())
+        for _ in range(self.steps):
+            linear(self.h, self.w_hh_packed)
+        if mode == "fwd+bwd":
+            for _ in range(self.steps):
+                linear(self.g_step, self.w_hh_t_packed)
+            linear(self.h_all.t().contiguous(), self.g_all.t())
+            linear(self.x.t().contiguous(), self.g_all.t())
+            linear(self.g_all, self.w_ih.t())
+
 
 def _call(runner: _Runner, x: Tensor, mode: str) -> None:
     assert runner.module is not None
     autocast = (
         torch.autocast(x.device.type, dtype=runner.autocast) if runner.autocast else contextlib.nullcontext()
     )
-    if mode == "fwd":
-        with torch.no_grad(), autocast:
-            runner.module(x)
-        return
-    for p in runner.module.parameters():
-        p.grad = None
-    x.grad = None
-    with autocast:
-        out, _ = runner.module(x)
-    out.float().sum().backward()
+    with _mkldnn_enabled(runner.onednn):
+        if mode == "fwd":
+            with torch.no_grad(), autocast:
+                runner.module(x)
+            return
+        for p in runner.module.parameters():
+            p.grad = None
+        x.grad = None
+        with autocast:
+            out, _ = runner.module(x)
+        out.float().sum().backward()
 
 
 def _sync(device: torch.device) -> None:
@@ -230,12 +277,16 @@ def bench_shape(
             note = f"{name} skipped: {error}"
             if note not in notes:
                 notes.append(note)
-    mm = GEMMReference(shape, device)
+    references = {MM: GEMMReference(shape, device)}
+    if onednn_available(device):
+        references[ONEDNN] = GEMMReference(shape, device, ONEDNN)
     x = torch.randn(shape.steps, shape.batch, shape.input_size, generator=torch.Generator().manual_seed(1))
     x = x.to(device).requires_grad_()
-    names = list(runners) + [MM]
+    names = list(runners) + list(references)
     jobs = {
-        f"{name}|{mode}": (lambda n=name, m=mode: mm(m) if n == MM else _call(runners[n], x, m))
+        f"{name}|{mode}": (
+            lambda n=name, m=mode: references[n](m) if n in references else _call(runners[n], x, m)
+        )
         for name in names
         for mode in MODES
     }
@@ -249,8 +300,15 @@ def bench_shape(
             median = medians[(name, mode)]
             exact_gru = not name.startswith("MinGRU-")
             gflops = shape.flops(mode) / median / 1e9 if exact_gru else float("nan")
-            mm_gflops = shape.flops(mode) / medians[(MM, mode)] / 1e9
             baseline = medians.get(("nn.GRU", mode))
+            fractions = {
+                f"frac_of_{'mm' if ref == MM else 'onednn'}": (
+                    gflops / (shape.flops(mode) / medians[(ref, mode)] / 1e9)
+                    if exact_gru and (ref, mode) in medians
+                    else float("nan")
+                )
+                for ref in REFERENCES
+            }
             rows.append(
                 {
                     **asdict(shape),
@@ -262,7 +320,7 @@ def bench_shape(
                     "repeats": repeats,
                     "speedup_vs_nn_gru": baseline / median if baseline else float("nan"),
                     "gflops": gflops,
-                    "frac_of_mm": gflops / mm_gflops if exact_gru else float("nan"),
+                    **fractions,
                     "peak_mb": float("nan"),
                 }
             )
@@ -331,7 +389,7 @@ def run_bench(
     for i, shape in enumerate(shapes):
         shape_rows = bench_shape(shape, backends, repeats, device, notes)
         if memory == "all" or (memory == "base" and i == 0):
-            for name in {str(row["backend"]) for row in shape_rows} - {MM}:
+            for name in {str(row["backend"]) for row in shape_rows} - set(REFERENCES):
                 peaks = measure_peak_memory(shape, name, torch.get_num_threads(), device)
                 for row in shape_rows:
                     if row["backend"] == name and row["mode"] in peaks:
@@ -356,7 +414,8 @@ def _plot(frame, base: Shape, out: Path) -> list[Path]:  # noqa: ANN001
         fig = Figure(figsize=(10, 4))
         panels = fig.subplots(1, 2, sharey=True)
         for panel, mode in zip(panels, MODES):
-            for name, group in sel[(sel["mode"] == mode) & (sel["backend"] != MM)].groupby("backend", sort=False):
+            contenders = (sel["mode"] == mode) & ~sel["backend"].isin(REFERENCES)
+            for name, group in sel[contenders].groupby("backend", sort=False):
                 group = group.sort_values(axis)
                 panel.plot(group[axis], group["speedup_vs_nn_gru"], marker="o", label=name)
             panel.axhline(1.0, color="grey", lw=0.8)
@@ -386,7 +445,7 @@ def _int_list(text: str) -> list[int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU and torch.mm",
+        help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU, torch.mm and oneDNN",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--full", action="store_true", help="the full sweep: T 16..4096, B 1..256, H 64..1024")
@@ -443,7 +502,8 @@ def _command(args: argparse.Namespace) -> int:
     plots = _plot(frame, base, args.out)
     at_base = frame[(frame["batch"] == base.batch) & (frame["steps"] == base.steps)
                     & (frame["hidden"] == base.hidden) & (frame["input_size"] == base.input_size)]
-    columns = ["backend", "mode", "median_ms", "speedup_vs_nn_gru", "gflops", "frac_of_mm", "peak_mb"]
+    columns = ["backend", "mode", "median_ms", "speedup_vs_nn_gru", "gflops", "frac_of_mm", "frac_of_onednn",
+               "peak_mb"]
     print(f"\nAt B={base.batch} T={base.steps} D={base.input_size} H={base.hidden} "
           f"(medians of {args.repeats} interleaved rounds):")
     print(at_base[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lib.bench import MODES, Shape, measure_peak_memory, sweep_shapes
+from gru_lib.bench import MODES, Shape, measure_peak_memory, onednn_available, sweep_shapes
 from gru_lib.cli import main
 
 
@@ -30,11 +30,13 @@ def test_sweep_shapes_vary_one_axis_at_a_time() -> None:
 def test_bench_writes_csv_and_plots(tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench"
     argv = ["bench", "--shape", "3,4,5,6", "--steps", "2,4", "--batch", "3", "--hidden", "6", "--repeats", "2",
-            "--memory", "none", "--threads", "1", "--backends", "gru_lib.GRU,FastGRU,FastGRU-bf16", "--out", str(out)]
+            "--memory", "none", "--threads", "1", "--backends", "gru_lib.GRU,FastGRU,FastGRU-aten,FastGRU-bf16", "--out", str(out)]
     assert main(argv) == 0
     with open(out / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    backends = {"nn.GRU", "gru_lib.GRU", "FastGRU", "FastGRU-bf16", "torch.mm"}  # nn.GRU is always added
+    backends = {"nn.GRU", "gru_lib.GRU", "FastGRU", "FastGRU-aten", "FastGRU-bf16", "torch.mm"}  # nn.GRU: always
+    if onednn_available():
+        backends.add("oneDNN")
     assert {r["backend"] for r in rows} == backends
     assert len(rows) == 2 * len(backends) * len(MODES)  # shapes (T=4 is the base) x backends x modes
     for row in rows:
@@ -43,6 +45,8 @@ def test_bench_writes_csv_and_plots(tmp_path: Path, one_thread: None, capsys: py
             assert float(row["speedup_vs_nn_gru"]) == 1.0
         if row["backend"] == "torch.mm":
             assert float(row["frac_of_mm"]) == pytest.approx(1.0)
+        if row["backend"] == "oneDNN":
+            assert float(row["frac_of_onednn"]) == pytest.approx(1.0)
     assert (out / "speedup_steps.png").stat().st_size > 0
     assert "At B=3 T=4 D=5 H=6" in capsys.readouterr().out
 

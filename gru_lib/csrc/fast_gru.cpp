@@ -30,6 +30,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "buffers.h"
 #include "fast_math.h"
 
 #include <algorithm>
@@ -41,6 +42,7 @@
 
 namespace {
 
+using gru_buffers::empty_large;
 using gru_math::sigmoid_f;
 using gru_math::tanh_f;
 
@@ -257,8 +259,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_, const at::Tensor& h0_,
   // All steps' input projections in one product.
   at::Tensor gi = product_abt(x.view({T * B, D}), w_ih, mm_dtype);
   if (b_ih.has_value()) gi.add_(*b_ih);
-  at::Tensor out = at::empty({T, B, H}, x.options());
-  at::Tensor saved = training ? at::empty({T, B, 4 * H}, x.options()) : at::Tensor();
+  at::Tensor out = empty_large({T, B, H}, x.options());
+  at::Tensor saved = training ? empty_large({T, B, 4 * H}, x.options()) : at::Tensor();
   const FixedWeightProduct times_w_hh_t(w_hh, mm_dtype, B);  // gh = h W_hh^T
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fast_gru_forward", [&] {
@@ -292,8 +294,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
   const at::Tensor lengths = lengths_.has_value() ? lengths_->contiguous() : at::Tensor();
   const int64_t* lens = lengths_ptr(lengths);
 
-  at::Tensor Gh = at::empty({T, B, 3 * H}, x.options());
-  at::Tensor Gi = at::empty({T, B, 3 * H}, x.options());
+  at::Tensor Gh = empty_large({T, B, 3 * H}, x.options());
+  at::Tensor Gi = empty_large({T, B, 3 * H}, x.options());
   at::Tensor dh = dh_n.contiguous().clone();
   const FixedWeightProduct times_w_hh(w_hh.t(), mm_dtype, B);  // dh_{t-1} += G_h[t] W_hh
 

@@ -23,9 +23,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "buffers.h"
 #include "fast_math.h"
-
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -33,6 +32,7 @@
 
 namespace {
 
+using gru_buffers::empty_large;
 using namespace gru_math;
 
 // g(p) = p + 1/2 (p >= 0), sigmoid(p) (p < 0): positive; its log and its derivative.
@@ -48,20 +48,6 @@ static inline T log_g_f(T p) {  // one exp and one log: log(p + 1/2), or log sig
   return p >= T(0) ? log_arg : p - log_arg;
 }
 static inline double log_g_f(double p) { return p >= 0 ? std::log(p + 0.5) : -std::log1p(std::exp(-p)); }
-
-// at::empty for the large buffers (outputs of T * N * H values): the kernel reads and writes them once, so on
-// Linux the cost of their first touch, one page fault per 4 KiB, is a large part of the whole scan; asking for
-// transparent huge pages (2 MiB) where the system allows it (THP "madvise" mode) makes that 512x fewer faults.
-at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t lo = (begin + huge - 1) & ~(huge - 1), hi = (begin + t.nbytes()) & ~(huge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only: failure is fine
-#endif
-  return t;
-}
 
 struct Blocks {
   int64_t steps, block, count;
