@@ -59,6 +59,7 @@ __all__ = [
     "measure_peak_memory",
     "GEMMReference",
     "onednn_available",
+    "mkldnn_enabled",
     "add_parser",
     "cpu_bf16_support",
 ]
@@ -131,7 +132,9 @@ class _Runner:
 
 
 @contextlib.contextmanager
-def _mkldnn_enabled(enabled: bool) -> Iterator[None]:
+def mkldnn_enabled(enabled: bool) -> Iterator[None]:
+    """``torch.backends.mkldnn.enabled`` set for the block (without the warning that
+    ``torch.backends.mkldnn.flags`` prints about TF32 on this build)."""
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = enabled
     try:
@@ -218,7 +221,7 @@ def _call(runner: _Runner, x: Tensor, mode: str) -> None:
     autocast = (
         torch.autocast(x.device.type, dtype=runner.autocast) if runner.autocast else contextlib.nullcontext()
     )
-    with _mkldnn_enabled(runner.onednn):
+    with mkldnn_enabled(runner.onednn):
         if mode == "fwd":
             with torch.no_grad(), autocast:
                 runner.module(x)
