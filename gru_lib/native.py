@@ -21,8 +21,10 @@ __all__ = ["load", "load_error", "NO_EXTENSION_ENV"]
 
 CSRC = Path(__file__).with_name("csrc")
 # Portable flags only: the kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones in
-# fast_math.h), so one build serves every x86-64 machine that shares the extensions cache.
-CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# fast_math.h), so one build serves every x86-64 machine that shares the extensions cache. -fopenmp: at::parallel_for
+# is inline OpenMP code in ATen's headers, so without it an extension's parallel loops run on one thread.
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 NO_EXTENSION_ENV = "GRU_LIB_NO_EXTENSION"
 
 
@@ -54,6 +56,7 @@ def load(stem: str) -> ModuleType | None:
                 name=f"gru_lib_{stem}_{digest.hexdigest()[:12]}",
                 sources=[str(source)],
                 extra_cflags=CFLAGS,
+                extra_ldflags=LDFLAGS,
                 extra_include_paths=[str(CSRC)],
                 verbose=False,
             )
