@@ -18,9 +18,9 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   x86 ``torch.mm`` calls MKL, which on AMD processors runs its AVX2 path; oneDNN uses AVX-512, so on this
   machine its products are about twice as fast, and ``frac_of_mm`` above 1 means "faster products";
 - ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
-  call the kernel's high-water mark is reset (``/proc/self/clear_refs``, Linux), the call runs, and the
-  increase of ``VmHWM`` over the resident size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is
-  fixed so that every large buffer is mapped and unmapped (none hides in the heap between calls). This
+  call (and after the C++ kernels unmap the buffers they keep for reuse) the kernel's high-water mark is
+  reset (``/proc/self/clear_refs``, Linux), the call runs, and the increase of ``VmHWM`` over the resident
+  size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is fixed so that every large buffer is mapped and unmapped (none hides in the heap between calls). This
   counts tensors, workspaces and allocator overhead alike.
 
 Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-aten`` (the same
@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gru_lib import native
 from gru_lib.errors import GruLibError
 
 __all__ = [
@@ -355,6 +356,7 @@ def _memory_probe(spec: str) -> None:
     for mode in MODES:
         _call(runner, x, mode)  # warm-up
         gc.collect()
+        native.release_cached_buffers()  # buffers kept for reuse would hide the call's own working set
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
         before = _rss_kb("VmRSS")
         _call(runner, x, mode)

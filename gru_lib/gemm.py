@@ -24,14 +24,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from gru_lib.buffers import LARGE_BYTES, empty_large
-
 __all__ = ["linear", "uses_onednn"]
 
 # Rows per chunk of the weight gradient: the transposed copy of one chunk of x stays in the L2 cache.
 _WEIGHT_GRAD_CHUNK = 1024
-# Bytes of output per oneDNN call when a large result is assembled in a huge-page buffer (fits in L2).
-_CHUNK_BYTES = 1 << 20
 
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
@@ -47,18 +43,8 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
 
 
 def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a @ w^T (+ bias)`` by oneDNN: a (M, K), w (N, K) with any strides. A large result is written in row
-    chunks into a buffer of huge pages (:mod:`gru_lib.buffers`): oneDNN allocates its outputs fresh, and
-    faulting in 134 MB of 4 KiB pages costs more than computing them."""
-    a = a.contiguous()
-    rows, cols = a.shape[0], w.shape[0]
-    if rows * cols * a.element_size() < LARGE_BYTES:
-        return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
-    out = empty_large((rows, cols), dtype=a.dtype)
-    step = max(1, _CHUNK_BYTES // (cols * a.element_size()))
-    for start in range(0, rows, step):
-        out[start : start + step] = torch.ops.mkldnn._linear_pointwise(a[start : start + step], w, bias, "none", [], "")
-    return out
+    """``a @ w^T (+ bias)`` by oneDNN: a (M, K) contiguous, w (N, K) with any strides."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w, bias, "none", [], "")
 
 
 def _weight_grad(dy: Tensor, x: Tensor) -> Tensor:

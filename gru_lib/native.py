@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["load", "load_error", "NO_EXTENSION_ENV"]
+__all__ = ["load", "load_error", "release_cached_buffers", "NO_EXTENSION_ENV"]
 
 CSRC = Path(__file__).with_name("csrc")
 # Portable flags only: the kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones in
@@ -69,3 +69,11 @@ def load(stem: str) -> ModuleType | None:
 def load_error(stem: str) -> str | None:
     """Why ``csrc/<stem>.cpp`` is not in use (None when it loaded or was not tried yet)."""
     return _BUILT.errors.get(stem)
+
+
+def release_cached_buffers() -> None:
+    """Unmap the large buffers the loaded kernels keep for reuse (``csrc/buffers.h``: at most 1 GiB per
+    kernel, only while unused). For measurements of peak memory, or to hand memory back to the system."""
+    for module in _BUILT.modules.values():
+        if module is not None:
+            module.release_cached_buffers()

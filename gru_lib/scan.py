@@ -34,7 +34,6 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from gru_lib import native
-from gru_lib.buffers import empty_large
 
 __all__ = [
     "g",
@@ -247,9 +246,7 @@ class _MinGRUScan(torch.autograd.Function):
             grad_y, grad_h0 = _backward(grad, y, h, carry, block)
         else:
             steps, hidden = y.shape[0], h.shape[-1]
-            if not grad.is_contiguous():  # e.g. the expanded gradient of a sum: copy it into huge pages
-                grad = empty_large(grad.shape, dtype=grad.dtype).copy_(grad)
-            grad_y, grad_h0 = kernel.backward(
+            grad_y, grad_h0 = kernel.backward(  # grad with any strides: the kernel reads it as it is
                 grad.reshape(steps, -1, hidden), y.reshape(steps, -1, 2 * hidden), h.reshape(steps, -1, hidden),
                 carry.reshape(carry.shape[0], -1, hidden), block,
             )

@@ -335,6 +335,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
   m.def("forward", &gru_forward, "FastGRU forward scan of one direction (CPU)");
   m.def("uses_onednn", [](const std::string& dtype) {
     return use_onednn(at::empty({0}), dtype == "bfloat16" ? at::kBFloat16 : dtype == "float64" ? at::kDouble : at::kFloat);

@@ -137,21 +137,36 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& y_, const at::Tensor& h0_
   return {h, carry};
 }
 
+// dL/dh as the caller passed it, any strides (the gradient of out.sum() is one value expanded to (T, N, H)):
+// row(t, n) points at its H values, copied into the caller's scratch when they are not contiguous, so that
+// no (T, N, H) copy is ever made.
+template <typename T>
+struct GradRows {
+  const T* base;
+  int64_t st, sn, sq, H;
+  const T* row(int64_t t, int64_t n, T* scratch) const {
+    const T* p = base + t * st + n * sn;
+    if (sq == 1) return p;
+    for (int64_t q = 0; q < H; ++q) scratch[q] = p[q * sq];
+    return scratch;
+  }
+};
+
 // Backward step 1 for one block and one row: the adjoint at the block's first step with no inflow (local),
 // the product of a over steps 1..size-1 (through), and a at step 0 (a_first).
 template <typename T>
-GRU_CLONES void adjoint_block(const T* __restrict__ y, const T* __restrict__ grad, int64_t t0, int64_t size,
+GRU_CLONES void adjoint_block(const T* __restrict__ y, const GradRows<T>& grad, int64_t t0, int64_t size,
                               int64_t N, int64_t n, int64_t H, T* __restrict__ local, T* __restrict__ through,
-                              T* __restrict__ a_first) {
+                              T* __restrict__ a_first, T* __restrict__ scratch) {
   const int64_t last = t0 + size - 1;
-  const T* g_last = grad + (last * N + n) * H;
+  const T* g_last = grad.row(last, n, scratch);
   for (int64_t q = 0; q < H; ++q) {
     local[q] = g_last[q];
     through[q] = T(1);
   }
   for (int64_t t = last; t > t0; --t) {
     const T* k = y + (t * N + n) * 2 * H;
-    const T* g_prev = grad + ((t - 1) * N + n) * H;
+    const T* g_prev = grad.row(t - 1, n, scratch);
     for (int64_t q = 0; q < H; ++q) {
       const T a = T(1) - sigmoid_f(k[q]);
       local[q] = g_prev[q] + a * local[q];
@@ -165,10 +180,10 @@ GRU_CLONES void adjoint_block(const T* __restrict__ y, const T* __restrict__ gra
 // Backward step 3 for one block and one row: the adjoint from the block's inflow, and dL/dk, dL/dp.
 // adj and a_next: scratch of H values each.
 template <typename T>
-GRU_CLONES void gradient_block(const T* __restrict__ y, const T* __restrict__ grad, const T* __restrict__ h,
+GRU_CLONES void gradient_block(const T* __restrict__ y, const GradRows<T>& grad, const T* __restrict__ h,
                                const T* __restrict__ start, const T* __restrict__ inflow, int64_t t0,
                                int64_t size, int64_t N, int64_t n, int64_t H, T* __restrict__ grad_y,
-                               T* __restrict__ adj, T* __restrict__ a_next) {
+                               T* __restrict__ adj, T* __restrict__ a_next, T* __restrict__ scratch) {
   for (int64_t q = 0; q < H; ++q) {  // the last step: its own gradient plus the inflow from the next block
     adj[q] = inflow[q];
     a_next[q] = T(1);
@@ -176,7 +191,7 @@ GRU_CLONES void gradient_block(const T* __restrict__ y, const T* __restrict__ gr
   for (int64_t t = t0 + size - 1; t >= t0; --t) {
     const T* k = y + (t * N + n) * 2 * H;
     const T* p = k + H;
-    const T* g = grad + (t * N + n) * H;
+    const T* g = grad.row(t, n, scratch);
     const T* ht = h + (t * N + n) * H;
     const T* prev = t > t0 ? h + ((t - 1) * N + n) * H : start;
     T* gk = grad_y + (t * N + n) * 2 * H;
@@ -197,7 +212,8 @@ GRU_CLONES void gradient_block(const T* __restrict__ y, const T* __restrict__ gr
 // Returns {dL/dy (T, N, 2H), dL/dh0 (N, H)}.
 std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& h_,
                                       const at::Tensor& carry_, int64_t block) {
-  const at::Tensor grad = grad_.contiguous(), y = y_.contiguous(), h = h_.contiguous();
+  TORCH_CHECK(grad_.dim() == 3 && grad_.sizes() == h_.sizes(), "mingru_scan (C++): grad must have h's shape");
+  const at::Tensor y = y_.contiguous(), h = h_.contiguous();
   const at::Tensor carry = carry_.contiguous();
   const int64_t T = y.size(0), N = y.size(1), H = y.size(2) / 2;
   const Blocks blocks{T, block, (T + block - 1) / block};
@@ -205,16 +221,17 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor&
   at::Tensor grad_h0 = at::empty({N, H}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mingru_scan_backward", [&] {
     const scalar_t* yp = y.data_ptr<scalar_t>();
-    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    const GradRows<scalar_t> gp{grad_.data_ptr<scalar_t>(), grad_.stride(0), grad_.stride(1), grad_.stride(2), H};
     at::Tensor local = at::empty({blocks.count, N, H}, y.options());
     at::Tensor through = at::empty_like(local), a_first = at::empty_like(local), inflow = at::empty_like(local);
     scalar_t *lo = local.data_ptr<scalar_t>(), *th = through.data_ptr<scalar_t>();
     scalar_t *af = a_first.data_ptr<scalar_t>(), *in = inflow.data_ptr<scalar_t>();
     at::parallel_for(0, blocks.count * N, grain(H), [&](int64_t w0, int64_t w1) {
+      std::vector<scalar_t> scratch(H);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t i = w / N, n = w % N;
         adjoint_block<scalar_t>(yp, gp, blocks.start(i), blocks.size(i), N, n, H, lo + w * H, th + w * H,
-                                af + w * H);
+                                af + w * H, scratch.data());
       }
     });
     // Inflow into block i's last step from block i+1: a_first[i+1] (local[i+1] + through[i+1] inflow[i+1]).
@@ -229,11 +246,11 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor&
     const scalar_t* cp = carry.data_ptr<scalar_t>();
     scalar_t* gy = grad_y.data_ptr<scalar_t>();
     at::parallel_for(0, blocks.count * N, grain(H), [&](int64_t w0, int64_t w1) {
-      std::vector<scalar_t> scratch(2 * H);
+      std::vector<scalar_t> scratch(3 * H);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t i = w / N, n = w % N;
         gradient_block<scalar_t>(yp, gp, hp, cp + w * H, in + w * H, blocks.start(i), blocks.size(i), N, n, H,
-                                 gy, scratch.data(), scratch.data() + H);
+                                 gy, scratch.data(), scratch.data() + H, scratch.data() + 2 * H);
       }
     });
   });
@@ -243,6 +260,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor&
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
   m.def("forward", &scan_forward, "minGRU blocked scan, forward: (h, carry) (CPU)");
   m.def("backward", &scan_backward, "minGRU blocked scan, backward: (dL/dy, dL/dh0) (CPU)");
 }
