@@ -311,3 +311,17 @@ def test_kernel_is_used_only_where_it_applies(scan_path: str) -> None:
     """CPU float32/float64 take the kernel (when built); bfloat16 keeps the PyTorch scan."""
     assert scan_kernel(torch.zeros(2, 1, 4, dtype=torch.bfloat16)) is None
     assert (scan_kernel(torch.zeros(2, 1, 4, dtype=torch.float64)) is not None) == (scan_path == "cpp")
+
+
+def test_outputs_stay_independent_when_buffers_are_reused(scan_path: str) -> None:
+    """Large results come from a reuse pool (csrc/buffers.h): a result still alive is never handed out again,
+    and a released one is taken again without changing later results."""
+    y, h0 = _inputs(2048, batch=4, hidden=256, seed=5)  # (2048, 4, 256) states: 8 MiB, above the pool's floor
+    first = mingru_scan(y, h0)
+    kept = first.clone()
+    second = mingru_scan(2 * y, h0)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    assert first.data_ptr() != second.data_ptr()
+    del first
+    native.release_cached_buffers()
+    torch.testing.assert_close(mingru_scan(y, h0), kept, rtol=0, atol=0)
