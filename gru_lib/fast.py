@@ -16,8 +16,11 @@ weight gradients of all steps are single large products, ``dW_hh = G_h^T [h_0; h
 
 Two implementations of that contract, with the same arguments and results:
 
-- ``gru_lib/csrc/fast_gru.cpp``, a C++ extension built on first use with :mod:`torch.utils.cpp_extension`
-  (CPU tensors; the time loop and the fused, vectorised gate arithmetic in C++, matrix products by ATen);
+- ``gru_lib/csrc/fast_gru.cpp``, a C++ extension built on first use (:mod:`gru_lib.native`) for CPU tensors:
+  the time loop and the fused, vectorised gate arithmetic in C++, the matrix products through PyTorch's oneDNN
+  operators (``W_hh`` packed once per call; on this AMD CPU about twice MKL's rate), or through ATen for
+  float64, without oneDNN, or with ``torch.backends.mkldnn.enabled = False``; its large buffers come from a
+  reuse pool (``csrc/buffers.h``);
 - :data:`_TORCH_IMPL`, the same algorithm in PyTorch operations: used on other devices (CUDA), where no
   compiler is available, or when the environment sets ``GRU_LIB_NO_EXTENSION=1``.
 

@@ -12,6 +12,7 @@
 //      |a| <= 1 keeps every step bounded.
 //
 // This is "reduce, then scan": step 1 stores nothing per step, so the forward reads y twice and writes h once.
+// The large results come from the reuse pool of buffers.h; dL/dh is read with whatever strides it has.
 // gru_lib/scan.py's _forward is the same scan in PyTorch operations (with the log-space values of every step
 // stored); it remains the path on other devices and dtypes.
 //
