@@ -15,13 +15,14 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   rounds. An exact GRU cannot beat fraction 1 without faster matrix products;
 - ``frac_of_onednn``: the same over the rate of those products through oneDNN (the backend ``oneDNN``,
   CPU only: PyTorch's ``mkldnn::_linear_pointwise``, the fixed weights packed once, as FastGRU does). On
-  x86 ``torch.mm`` calls MKL, which on AMD processors runs its AVX2 path; oneDNN uses AVX-512, so on this
-  machine its products are about twice as fast, and ``frac_of_mm`` above 1 means "faster products";
+  x86 ``torch.mm`` calls MKL; on the AMD machine that built the book oneDNN (AVX-512) multiplies about twice
+  as fast, so ``frac_of_mm`` above 1 means "faster products than torch.mm's";
 - ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
   call (and after the C++ kernels unmap the buffers they keep for reuse) the kernel's high-water mark is
   reset (``/proc/self/clear_refs``, Linux), the call runs, and the increase of ``VmHWM`` over the resident
-  size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is fixed so that every large buffer is mapped and unmapped (none hides in the heap between calls). This
-  counts tensors, workspaces and allocator overhead alike.
+  size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is fixed so that every large buffer is mapped
+  and unmapped (none hides in the heap between calls). This counts tensors, workspaces and allocator overhead
+  alike.
 
 Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-aten`` (the same
 with ``torch.backends.mkldnn`` disabled, so its products go through ATen/MKL: what oneDNN adds),
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 
 from gru_lib import native
 from gru_lib.errors import GruLibError
+from gru_lib.gemm import onednn_available, onednn_linear
 
 __all__ = [
     "Shape",
@@ -59,7 +61,6 @@ __all__ = [
     "run_bench",
     "measure_peak_memory",
     "GEMMReference",
-    "onednn_available",
     "mkldnn_enabled",
     "add_parser",
     "cpu_bf16_support",
@@ -167,11 +168,6 @@ def _make_runner(name: str, shape: Shape, state: dict[str, Tensor], device: torc
     return _Runner(name, module.to(device), autocast, onednn=not name.endswith("-aten"))
 
 
-def onednn_available(device: torch.device | str = "cpu") -> bool:
-    """Whether PyTorch's oneDNN operators can multiply tensors of this device (the ``oneDNN`` reference)."""
-    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-
-
 class GEMMReference:
     """The matrix products of one GRU layer's forward (and backward), with nothing else, through ``torch.mm``
     or (``library="oneDNN"``) through oneDNN the way FastGRU calls it: the step weights packed once, the
@@ -205,16 +201,15 @@ class GEMMReference:
             torch.mm(self.g_all, self.w_ih)
 
     def _onednn(self, mode: str) -> None:
-        linear = lambda a, w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
-        linear(self.x, self.w_ih_t.t())
+        onednn_linear(self.x, self.w_ih_t.t())
         for _ in range(self.steps):
-            linear(self.h, self.w_hh_packed)
+            onednn_linear(self.h, self.w_hh_packed)
         if mode == "fwd+bwd":
             for _ in range(self.steps):
-                linear(self.g_step, self.w_hh_t_packed)
-            linear(self.h_all.t().contiguous(), self.g_all.t())
-            linear(self.x.t().contiguous(), self.g_all.t())
-            linear(self.g_all, self.w_ih.t())
+                onednn_linear(self.g_step, self.w_hh_t_packed)
+            onednn_linear(self.h_all.t().contiguous(), self.g_all.t())
+            onednn_linear(self.x.t().contiguous(), self.g_all.t())
+            onednn_linear(self.g_all, self.w_ih.t())
 
 
 def _call(runner: _Runner, x: Tensor, mode: str) -> None:

@@ -1,8 +1,9 @@
 """Chapter 6's finding about matrix products, for the layers written in Python (minGRU's projection).
 
-``torch.mm`` and ``F.linear`` on x86 CPUs call MKL, which on AMD processors takes its 256-bit (AVX2) path;
-oneDNN, which PyTorch also ships (``torch.ops.mkldnn``), uses the 512-bit units and on this 2-core AMD EPYC
-multiplies about twice as fast (``python -m gru_lib bench`` measures both on the GRU's own products).
+``torch.mm`` and ``F.linear`` on x86 CPUs call MKL. oneDNN, which PyTorch also ships (``torch.ops.mkldnn``),
+reports AVX-512 code on this 2-core AMD EPYC (``ONEDNN_VERBOSE=1``) and multiplies about twice as fast as MKL
+there (``python -m gru_lib bench`` measures both on the GRU's own products; MKL does not report its code path,
+but half the rate is what 256-bit kernels would give).
 :func:`linear` is ``F.linear`` computed through oneDNN where that applies, with a hand-written backward:
 
     y = x W^T + b            mkldnn::_linear_pointwise(x, W, b)
@@ -24,26 +25,31 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["linear", "uses_onednn"]
+__all__ = ["linear", "uses_onednn", "onednn_available", "onednn_linear"]
 
 # Rows per chunk of the weight gradient: the transposed copy of one chunk of x stays in the L2 cache.
 _WEIGHT_GRAD_CHUNK = 1024
 
 
+def onednn_available(device: torch.device | str = "cpu") -> bool:
+    """Whether PyTorch's oneDNN operators can multiply tensors of this device (CPU, in builds with oneDNN)."""
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+
+
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`linear` computes ``x W^T`` through oneDNN (the module docstring lists when)."""
     return (
-        x.device.type == "cpu"
+        onednn_available(x.device)
         and x.dtype in (torch.float32, torch.bfloat16)
         and weight.dtype == x.dtype
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
     )
 
 
-def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a @ w^T (+ bias)`` by oneDNN: a (M, K) contiguous, w (N, K) with any strides."""
+def onednn_linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ w^T (+ bias)`` by oneDNN: a (M, K), w (N, K) with any strides, or packed by
+    ``torch.ops.mkldnn._reorder_linear_weight``."""
     return torch.ops.mkldnn._linear_pointwise(a.contiguous(), w, bias, "none", [], "")
 
 
@@ -54,7 +60,7 @@ def _weight_grad(dy: Tensor, x: Tensor) -> Tensor:
     total = None
     for start in range(0, x.shape[0], _WEIGHT_GRAD_CHUNK):
         rows = slice(start, start + _WEIGHT_GRAD_CHUNK)
-        part = _onednn(x[rows].t().contiguous(), dy[rows].t())  # (K, N)
+        part = onednn_linear(x[rows].t().contiguous(), dy[rows].t())  # (K, N)
         total = part if total is None else total.add_(part)
     assert total is not None
     return total.t().contiguous()
@@ -65,14 +71,14 @@ class _OneDnnLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         dy = dy.contiguous()
-        dx = _onednn(dy, weight.t()) if ctx.needs_input_grad[0] else None
+        dx = onednn_linear(dy, weight.t()) if ctx.needs_input_grad[0] else None
         dw = _weight_grad(dy, x) if ctx.needs_input_grad[1] else None
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db

@@ -21,6 +21,10 @@ stays bounded by the block) and the block's decay ``exp(A_j)``; then a carry of 
 exact. Its backward is hand-written: the adjoint of a linear recurrence is the same recurrence run backward,
 ``g_t = dL/dh_t + a_{t+1} g_{t+1}``, in linear space (``a`` in [0, 1], so nothing overflows), then
 ``dL/da_t = g_t h_{t-1}``, ``dL/db_t = g_t``, ``dL/dh_0 = a_1 g_1``.
+
+On the CPU in float32 and float64 the same blocks run as one C++ kernel (:func:`scan_kernel`,
+``csrc/mingru_scan.cpp``): block summaries in log space, the carry, then every block rescanned from its start
+state; :func:`_forward` and :func:`_backward` below are its PyTorch twin, used everywhere else.
 """
 
 from __future__ import annotations
@@ -230,7 +234,8 @@ class _MinGRUScan(torch.autograd.Function):
             h, carry = _forward(y.detach(), h0.detach(), block)
         else:  # lanes flattened to (T, N, 2H) for the kernel, then viewed back
             hidden = y.shape[-1] // 2
-            h, carry = kernel.forward(y.detach().reshape(y.shape[0], -1, 2 * hidden), h0.detach().reshape(-1, hidden), block)
+            lanes = y.detach().reshape(y.shape[0], -1, 2 * hidden)
+            h, carry = kernel.forward(lanes, h0.detach().reshape(-1, hidden), block)
             h = h.view(*y.shape[:-1], hidden)
             carry = carry.view(carry.shape[0], *h0.shape)
         ctx.save_for_backward(y, h, carry)

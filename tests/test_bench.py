@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lib.bench import MODES, Shape, measure_peak_memory, onednn_available, sweep_shapes
+from gru_lib.bench import MODES, Shape, measure_peak_memory, sweep_shapes
+from gru_lib.gemm import onednn_available
 from gru_lib.cli import main
 
 

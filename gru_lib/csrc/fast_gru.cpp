@@ -17,9 +17,9 @@
 // weight gradients of ALL steps are single large products: dW_hh = G_h^T [h0; out[:-1]], dW_ih = G_i^T X,
 // dX = G_i W_ih.
 //
-// Matrix products. torch.mm on x86 CPUs calls MKL, and on this AMD processor MKL takes its 256-bit (AVX2)
-// path: about 200 GFLOP/s on 2 cores. oneDNN, which PyTorch also ships, uses the 512-bit units: about
-// 400 GFLOP/s on the per-step (64, 256) x (256, 768) product once the fixed weight is packed into its blocked
+// Matrix products. torch.mm on x86 CPUs calls MKL, which reaches about 190 GFLOP/s on 2 cores of this AMD
+// EPYC on the per-step (64, 256) x (256, 768) product; oneDNN, which PyTorch also ships and which reports
+// AVX-512 code here (ONEDNN_VERBOSE=1), reaches about 400 once the fixed weight is packed into its blocked
 // layout (measured by `python -m gru_lib bench`, the rows torch.mm and oneDNN). So on CPU, for float32 and
 // bfloat16, the products go through PyTorch's own oneDNN operators (mkldnn::_reorder_linear_weight packs a
 // weight once per call, mkldnn::_linear_pointwise multiplies); with torch.backends.mkldnn disabled, in builds
@@ -315,8 +315,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
     }
   });
 
-  // The weight gradients of all steps as single large products.
-  // G_h and the previous states are released before G_i's products, to keep the peak memory down.
+  // The weight gradients of all steps as single large products. G_h (back to the pool) and the previous
+  // states are released before G_i's products, so their memory can serve those products.
   at::Tensor dW_hh, db_hh;
   {
     const at::Tensor Gh2 = Gh.view({T * B, 3 * H});
