@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-__all__ = ["load", "load_error", "release_cached_buffers", "NO_EXTENSION_ENV"]
+__all__ = ["load", "load_error", "disabled", "release_cached_buffers", "NO_EXTENSION_ENV"]
 
 CSRC = Path(__file__).with_name("csrc")
 # Portable flags only: the kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones in
@@ -69,6 +71,21 @@ def load(stem: str) -> ModuleType | None:
 def load_error(stem: str) -> str | None:
     """Why ``csrc/<stem>.cpp`` is not in use (None when it loaded or was not tried yet)."""
     return _BUILT.errors.get(stem)
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Inside the block, :func:`load` returns ``None``, so callers take their PyTorch implementations, as on a
+    machine without a compiler (it sets ``GRU_LIB_NO_EXTENSION=1`` and restores the previous value after)."""
+    previous = os.environ.get(NO_EXTENSION_ENV)
+    os.environ[NO_EXTENSION_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[NO_EXTENSION_ENV]
+        else:
+            os.environ[NO_EXTENSION_ENV] = previous
 
 
 def release_cached_buffers() -> None:
