@@ -2,7 +2,8 @@
 
 In the book's build, ``glue`` is myst-nb's: the value is stored in the cell's output and ``{glue}`name```
 in the prose shows it, so every number in the text comes from the code that ran. In a reader's plain
-Jupyter (no myst-nb installed) it simply shows the value, or nothing when ``display=False``.
+Jupyter (no myst-nb installed) it simply shows the value (IPython's ``display``, or ``print`` outside a
+kernel), or nothing when ``display=False``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 try:  # myst-nb is a build tool: the book needs it, a reader's notebook does not.
     from myst_nb import glue as _myst_glue
-except ImportError:  # pragma: no cover - exercised by the reader test's fresh environment
+except ImportError:
     _myst_glue = None
 
 __all__ = ["glue"]
@@ -21,7 +22,11 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
     """Store ``variable`` under ``name`` for the prose (myst-nb), or show it when myst-nb is absent."""
     if _myst_glue is not None:
         _myst_glue(name, variable, display=display)
-    elif display:
+        return
+    if not display:
+        return
+    try:
         from IPython.display import display as show
-
-        show(variable)
+    except ImportError:  # a plain Python script: no kernel to display rich output
+        show = print
+    show(variable)
