@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from gru_lib.cell import GRUGates, gru_cell_gates
+from gru_lib.cell import GRUGates, gru_gate_trace
 
 __all__ = ["CellGrads", "SequenceGrads", "gru_cell_backward", "gru_sequence_forward", "gru_sequence_backward"]
 
@@ -119,13 +119,7 @@ def gru_sequence_forward(
             f"gru_sequence_forward: expected input (T, B, D) and h0 (B, H), got {tuple(input.shape)} "
             f"and {tuple(h0.shape)}"
         )
-    steps: list[GRUGates] = []
-    h = h0
-    for x_t in input:
-        step = gru_cell_gates(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh)
-        steps.append(step)
-        h = step.h
-    return GRUGates(*(torch.stack(field) for field in zip(*steps)))
+    return gru_gate_trace(input, h0, weight_ih, weight_hh, bias_ih, bias_hh)
 
 
 def gru_sequence_backward(

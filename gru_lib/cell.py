@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GRUGates", "gru_cell_gates", "gru_gates_from_projection", "gru_cell", "GRUCell"]
+__all__ = ["GRUGates", "gru_cell_gates", "gru_gates_from_projection", "gru_gate_trace", "gru_cell", "GRUCell"]
 
 
 class GRUGates(NamedTuple):
@@ -80,6 +80,25 @@ def gru_gates_from_projection(
         n = torch.tanh(gi_n + F.linear(r * h, weight_hh[2 * hidden :], b_n))
     h_new = (1 - z) * n + z * h
     return GRUGates(r, z, n, h_new)
+
+
+def gru_gate_trace(
+    input: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> GRUGates:
+    """Run the cell over ``input`` (T, ..., D) from ``h0`` (..., H), keeping every step's gates: a
+    :class:`GRUGates` whose fields are stacked over time, each (T, ..., H); ``h`` is the layer's output."""
+    steps: list[GRUGates] = []
+    h = h0
+    for x_t in input:
+        step = gru_cell_gates(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh)
+        steps.append(step)
+        h = step.h
+    return GRUGates(*(torch.stack(field) for field in zip(*steps)))
 
 
 def gru_cell(

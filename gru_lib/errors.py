@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["GruLibError", "DataError", "CheckpointError"]
+__all__ = ["GruLibError", "ConfigError", "DataError", "CheckpointError"]
 
 
 class GruLibError(Exception):
     """A mistake in the user's input (a file, a line, an argument) that the message names."""
+
+
+class ConfigError(GruLibError, ValueError):
+    """A setting out of its range or not among its choices; the message names the setting."""
 
 
 class DataError(GruLibError):

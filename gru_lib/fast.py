@@ -40,6 +40,7 @@ from torch.autograd.function import once_differentiable
 
 from gru_lib import native
 from gru_lib.layer import GRU, _valid_mask
+from gru_lib.lengths import reverse_within_lengths_index
 
 __all__ = ["FastGRU", "fast_gru_scan", "extension", "extension_error", "backend_name"]
 
@@ -222,13 +223,6 @@ class _ScanFunction(torch.autograd.Function):
         return grads + (None, None, None, None)
 
 
-def _reverse_index(lengths: Tensor, steps: int, device: torch.device) -> Tensor:
-    """(T, B) index reading each sequence backwards from its own last valid step (padding stays in place)."""
-    time = torch.arange(steps, device=lengths.device)[:, None]
-    index = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)
-    return index.to(device)
-
-
 def fast_gru_scan(
     x: Tensor,
     h0: Tensor,
@@ -258,7 +252,7 @@ def fast_gru_scan(
         if lengths is None:
             x = x.flip(0)
         else:
-            index = _reverse_index(lengths, steps, x.device)
+            index = reverse_within_lengths_index(lengths, steps, device=x.device, time_major=True)
             x = x.gather(0, index.unsqueeze(-1).expand_as(x))
     # Save the gates for backward only when a gradient will be asked for (not under no_grad / inference).
     inputs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from gru_lib.cell import gru_gates_from_projection
+from gru_lib.lengths import length_mask
 
 __all__ = ["GRU"]
 
@@ -31,8 +32,7 @@ def _valid_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Ten
     None when ``lengths`` is None (nothing is padded)."""
     if lengths is None:
         return None
-    time = torch.arange(steps, device=lengths.device)
-    return (time[:, None] < lengths[None, :]).to(device).unsqueeze(-1)
+    return length_mask(lengths, steps, device=device, time_major=True).unsqueeze(-1)
 
 
 def _check_size(name: str, value: object) -> int:

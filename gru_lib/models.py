@@ -21,19 +21,26 @@ Backends (the same ``state_dict`` names for the first three, PyTorch's ``rnn.wei
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from gru_lib.cell import GRUGates, gru_cell_gates
+from gru_lib.cell import GRUGates, gru_gate_trace
+from gru_lib.errors import ConfigError
+from gru_lib.fast import FastGRU
+from gru_lib.layer import GRU
+from gru_lib.lengths import length_mask, reverse_within_lengths
+from gru_lib.mingru import MinGRU
 
-__all__ = ["BACKENDS", "POOLINGS", "NewsClassifier", "parse_pooling"]
+__all__ = ["BACKENDS", "POOLINGS", "ModelConfig", "NewsClassifier", "parse_pooling"]
 
 BACKENDS: tuple[str, ...] = ("torch", "gru_lib", "fast", "mingru")
 POOLINGS: tuple[str, ...] = ("mean", "max", "last", "emb")
+_GRU_CLASSES: dict[str, type[nn.Module]] = {"torch": nn.GRU, "gru_lib": GRU, "fast": FastGRU}
 
 
 def parse_pooling(pooling: str) -> tuple[str, ...]:
@@ -44,23 +51,46 @@ def parse_pooling(pooling: str) -> tuple[str, ...]:
     return parts
 
 
-def _gru_class(backend: str) -> type[nn.Module]:
-    if backend == "torch":
-        return nn.GRU
-    if backend == "gru_lib":
-        return importlib.import_module("gru_lib.layer").GRU
-    if backend == "fast":
-        return importlib.import_module("gru_lib.fast").FastGRU
-    raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A configuration field whose ``help`` (and ``choices``) the command line turns into a flag."""
+    return field(default=default, metadata={"help": help, **metadata})
 
 
-def _reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence of the batch-first ``x`` (B, T, D) within its length; padding stays in place.
-    Applying it twice is the identity."""
-    steps = torch.arange(x.shape[1], device=x.device)
-    lengths = lengths.to(x.device)
-    index = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
-    return x.gather(1, index[:, :, None].expand_as(x))
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier's architecture, one home for its settings and their defaults (the book's recommended
+    ones, chapter 5). :class:`NewsClassifier` takes it; :class:`gru_lib.config.TrainConfig` holds it; the
+    ``train`` command makes one flag per field. The vocabulary size, padding and ``<unk>`` indices and the
+    number of classes come from the data, not from here."""
+
+    embed_dim: int = _setting(128, "embedding size")
+    hidden_size: int = _setting(64, "GRU hidden size per direction")
+    num_layers: int = _setting(1, "stacked GRU layers")
+    bidirectional: bool = _setting(True, "read each text in both directions")
+    dropout: float = _setting(0.5, "dropout on embeddings, between layers and on the pooled features")
+    word_dropout: float = _setting(0.2, "probability of replacing a training token by <unk>")
+    backend: str = _setting("torch", "recurrent layer", choices=BACKENDS)
+    pooling: str = _setting("mean+max+emb", "pooling over time: mean, max, last (GRU outputs), emb "
+                            "(embeddings), joined by '+'")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.embed_dim >= 1 and self.hidden_size >= 1 and self.num_layers >= 1,
+             "embed_dim, hidden_size and num_layers must be >= 1"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0.0 <= self.word_dropout < 1.0, f"word_dropout must be in [0, 1), got {self.word_dropout}"),
+            (self.backend in BACKENDS, f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"invalid model configuration: {message}")
+        try:
+            object.__setattr__(self, "pooling", "+".join(parse_pooling(self.pooling)))
+        except ValueError as error:
+            raise ConfigError(f"invalid model configuration: {error}") from None
+
+
+MODEL_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 class _MinGRUStack(nn.Module):
@@ -72,12 +102,11 @@ class _MinGRUStack(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, dropout: float):
         super().__init__()
-        min_gru = importlib.import_module("gru_lib").MinGRU
         directions = ("fwd", "bwd") if bidirectional else ("fwd",)
         self.layers = nn.ModuleList()
         for layer in range(num_layers):
             size = input_size if layer == 0 else hidden_size * len(directions)
-            self.layers.append(nn.ModuleDict({d: min_gru(size, hidden_size, batch_first=True) for d in directions}))
+            self.layers.append(nn.ModuleDict({d: MinGRU(size, hidden_size, batch_first=True) for d in directions}))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -86,7 +115,7 @@ class _MinGRUStack(nn.Module):
                 x = self.dropout(x)
             outputs = [layer["fwd"](x)[0]]
             if "bwd" in layer:
-                outputs.append(_reverse_within_lengths(layer["bwd"](_reverse_within_lengths(x, lengths))[0], lengths))
+                outputs.append(reverse_within_lengths(layer["bwd"](reverse_within_lengths(x, lengths))[0], lengths))
             x = torch.cat(outputs, dim=-1)
         return x
 
@@ -94,69 +123,56 @@ class _MinGRUStack(nn.Module):
 class NewsClassifier(nn.Module):
     """Embedding -> GRU (``backend``) -> masked ``pooling`` -> dropout -> linear (module docstring).
 
+    ``NewsClassifier(vocab_size, config)`` with a :class:`ModelConfig`; settings given by name replace the
+    config's (``NewsClassifier(v, hidden_size=32)`` is ``NewsClassifier(v, ModelConfig(hidden_size=32))``).
     ``forward(ids, lengths) -> logits``: ``ids`` (B, T) int64 right-padded with ``padding_idx``, ``lengths``
-    (B,) int64 (any order, each >= 1); returns (B, ``num_classes``). Dropout ``dropout`` acts on the
-    embeddings, between recurrent layers and on the pooled features. ``config()`` returns the constructor
-    arguments (plain types) so a checkpoint can rebuild the model.
+    (B,) int64 (any order, each >= 1); returns (B, ``num_classes``). ``config()`` returns every constructor
+    argument as plain types, so ``NewsClassifier(**model.config())`` rebuilds the model (checkpoints).
     """
 
     def __init__(
         self,
         vocab_size: int,
+        config: ModelConfig | None = None,
+        *,
         num_classes: int = 4,
-        embed_dim: int = 128,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        bidirectional: bool = True,
-        dropout: float = 0.5,
-        backend: str = "torch",
-        pooling: str = "mean+max",
         padding_idx: int = 0,
-        word_dropout: float = 0.0,
         unk_idx: int = 1,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not 0.0 <= word_dropout < 1.0:
-            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
-        self.pools = parse_pooling(pooling)
-        self._config: dict[str, Any] = {
-            "vocab_size": vocab_size,
-            "num_classes": num_classes,
-            "embed_dim": embed_dim,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "bidirectional": bidirectional,
-            "dropout": dropout,
-            "backend": backend,
-            "pooling": "+".join(self.pools),
-            "padding_idx": padding_idx,
-            "word_dropout": word_dropout,
-            "unk_idx": unk_idx,
-        }
-        self.word_dropout = word_dropout
+        unknown = sorted(set(settings) - MODEL_FIELDS)
+        if unknown:
+            raise TypeError(f"NewsClassifier: unknown setting(s) {', '.join(unknown)}")
+        self.settings = dataclasses.replace(config or ModelConfig(), **settings)
+        self._data = {"vocab_size": vocab_size, "num_classes": num_classes, "padding_idx": padding_idx,
+                      "unk_idx": unk_idx}
+        cfg = self.settings
+        self.pools = parse_pooling(cfg.pooling)
+        self.word_dropout = cfg.word_dropout
         self.unk_idx = unk_idx
-        self.backend = backend
-        self.num_directions = 2 if bidirectional else 1
-        self.hidden_size = hidden_size
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
-        self.dropout = nn.Dropout(dropout)
-        inter_layer = dropout if num_layers > 1 else 0.0
-        if backend == "mingru":
-            self.rnn: nn.Module = _MinGRUStack(embed_dim, hidden_size, num_layers, bidirectional, inter_layer)
-        else:
-            self.rnn = _gru_class(backend)(
-                embed_dim, hidden_size, num_layers=num_layers, batch_first=True, dropout=inter_layer,
-                bidirectional=bidirectional,
-            )
-        features = sum(embed_dim if p == "emb" else self.num_directions * hidden_size for p in self.pools)
+        self.backend = cfg.backend
+        self.num_directions = 2 if cfg.bidirectional else 1
+        self.hidden_size = cfg.hidden_size
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rnn = self._recurrent_layers(cfg)
+        features = sum(cfg.embed_dim if p == "emb" else self.num_directions * cfg.hidden_size for p in self.pools)
         self.head = nn.Linear(features, num_classes)
 
+    @staticmethod
+    def _recurrent_layers(cfg: ModelConfig) -> nn.Module:
+        inter_layer = cfg.dropout if cfg.num_layers > 1 else 0.0
+        if cfg.backend == "mingru":
+            return _MinGRUStack(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, inter_layer)
+        return _GRU_CLASSES[cfg.backend](
+            cfg.embed_dim, cfg.hidden_size, num_layers=cfg.num_layers, batch_first=True, dropout=inter_layer,
+            bidirectional=cfg.bidirectional,
+        )
+
     def config(self) -> dict[str, Any]:
-        return dict(self._config)
+        """The constructor's arguments as plain types: the data's sizes and every :class:`ModelConfig` field."""
+        return {**self._data, **dataclasses.asdict(self.settings)}
 
     def embed(self, ids: Tensor) -> Tensor:
         """Embeddings (B, T, E) after word dropout (training only: each token becomes ``<unk>`` with
@@ -172,7 +188,7 @@ class NewsClassifier(nn.Module):
         x = self.embed(ids) if x is None else x
         if self.backend == "mingru":
             out = self.rnn(x, lengths)
-            mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+            mask = length_mask(lengths.to(ids.device), ids.shape[1])
             return out * mask[:, :, None].to(out.dtype)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
@@ -183,7 +199,7 @@ class NewsClassifier(nn.Module):
         """Masked pooling of ``out`` (B, T, F) over each sequence's valid steps -> (B, features); ``x`` (B, T,
         E): the embeddings, needed by the ``emb`` pooling."""
         lengths = lengths.to(out.device)
-        valid = (torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None])[:, :, None]
+        valid = length_mask(lengths, out.shape[1])[:, :, None]
         features = []
         for kind in self.pools:
             if kind == "emb":
@@ -209,7 +225,7 @@ class NewsClassifier(nn.Module):
     @torch.no_grad()
     def gate_trace(self, ids: Tensor) -> GRUGates:
         """The gates of the first GRU layer's forward direction at each step of one text ``ids`` (T,):
-        ``r``, ``z``, ``n`` and ``h``, each (T, H), computed with :func:`gru_lib.cell.gru_cell_gates` from the
+        ``r``, ``z``, ``n`` and ``h``, each (T, H), computed with :func:`gru_lib.cell.gru_gate_trace` from the
         layer's own weights (``weight_ih_l0`` ...), in the model's current (usually eval) mode."""
         if self.backend == "mingru":
             raise ValueError("gate_trace: the mingru backend has no reset gate; use a GRU backend")
@@ -217,10 +233,5 @@ class NewsClassifier(nn.Module):
             raise ValueError(f"gate_trace: expected the ids of one text, shape (T,) with T >= 1, got {tuple(ids.shape)}")
         x = self.embedding(ids.to(self.embedding.weight.device))
         rnn = self.rnn
-        h = x.new_zeros(self.hidden_size)
-        steps = []
-        for x_t in x:
-            gates = gru_cell_gates(x_t, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            steps.append(gates)
-            h = gates.h
-        return GRUGates(*(torch.stack(parts) for parts in zip(*steps)))
+        return gru_gate_trace(x, x.new_zeros(self.hidden_size), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0,
+                              rnn.bias_hh_l0)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lib.models import BACKENDS, NewsClassifier, _reverse_within_lengths, parse_pooling
+from gru_lib.lengths import length_mask, reverse_within_lengths, reverse_within_lengths_index
+from gru_lib.models import BACKENDS, ModelConfig, NewsClassifier, parse_pooling
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,9 +84,19 @@ def test_gate_trace_reproduces_the_first_layer() -> None:
 def test_reverse_within_lengths_is_an_involution_that_keeps_padding() -> None:
     x = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
     lengths = torch.tensor([3, 4])
-    flipped = _reverse_within_lengths(x, lengths)
+    flipped = reverse_within_lengths(x, lengths)
     assert flipped[:, :, 0].tolist() == [[2.0, 1.0, 0.0, 3.0], [7.0, 6.0, 5.0, 4.0]]
-    torch.testing.assert_close(_reverse_within_lengths(flipped, lengths), x)
+    torch.testing.assert_close(reverse_within_lengths(flipped, lengths), x)
+    time_major = reverse_within_lengths(x.transpose(0, 1), lengths, time_major=True)
+    torch.testing.assert_close(time_major, flipped.transpose(0, 1))
+    assert torch.equal(reverse_within_lengths_index(lengths, 4, time_major=True),
+                       reverse_within_lengths_index(lengths, 4).T)
+
+
+def test_length_mask_in_both_layouts() -> None:
+    lengths = torch.tensor([1, 3])
+    assert length_mask(lengths, 3).tolist() == [[True, False, False], [True, True, True]]
+    assert torch.equal(length_mask(lengths, 3, time_major=True), length_mask(lengths, 3).T)
 
 
 def test_config_rebuilds_the_model_and_errors_are_clear() -> None:
@@ -93,10 +104,14 @@ def test_config_rebuilds_the_model_and_errors_are_clear() -> None:
     clone = NewsClassifier(**model.config())
     clone.load_state_dict(model.state_dict())
     assert parse_pooling("mean+max") == ("mean", "max")
+    assert clone.settings == model.settings == ModelConfig(embed_dim=4, hidden_size=3, pooling="max+mean")
+    assert NewsClassifier(20, ModelConfig(hidden_size=3)).config() == NewsClassifier(20, hidden_size=3).config()
     with pytest.raises(ValueError, match="pooling"):
         NewsClassifier(20, pooling="mean+median")
     with pytest.raises(ValueError, match="backend"):
         NewsClassifier(20, backend="lstm")
+    with pytest.raises(TypeError, match="hidden"):
+        NewsClassifier(20, hidden=3)
 
 
 def test_gate_trace_rejects_mingru() -> None:
