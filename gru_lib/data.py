@@ -285,10 +285,12 @@ def load_ag_news(
     return read_ag_news_csv(ag_dir / f"{split}.csv")
 
 
-def describe_ag_news(data_dir: str | Path | None = None, *, download: bool = False) -> dict[str, SplitInfo]:
-    """Row counts, per-class counts and checksums of each split found (both validated by reading them).
+def describe_ag_news(data_dir: str | Path | None = None, *, download: bool = True) -> dict[str, SplitInfo]:
+    """Row counts, per-class counts and checksums of each split (every file validated by reading it).
 
-    Without ``download`` it only describes what is there and raises :class:`DataError` when nothing is.
+    Like :func:`load_ag_news` it downloads what is missing by default, so a chapter that calls it works on a
+    fresh machine. With ``download=False`` (the ``data`` command without ``--download``) it only describes the
+    splits that are there and raises :class:`DataError` when there is none.
     """
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     present = [s for s in SPLITS if (root / "ag_news" / f"{s}.csv").is_file()]
