@@ -77,8 +77,9 @@ WRONG_CLAIMS = [
     Rule(r"\blargest single improvement we measured\b", "no cell computes a ranking of improvements"),
     Rule(r"\bautocast leaves[^.]{0,30}float32\b", "a TorchFunctionMode probe cannot see inside the fused "
          "operator: say what was observed (the outputs' dtype), not what happens inside"),
-    Rule(r"\bdelete[sd]?\b[^.]{0,12}`;`", "the tokenizer turns `;` and `:` into spaces, it does not delete them",
-         files="notebooks/04_*"),
+    Rule(r"\b(?:delete|remove|drop)[sd]?\s+`\"`,\s*`;`|\b(?:delete|remove|drop)[sd]?\s+`;`"
+         r"|`;`\s+and\s+`:`\s+(?:are|get)\s+(?:deleted|removed|dropped)",
+         "the tokenizer turns `;` and `:` into spaces, it does not delete them", files="notebooks/04_*"),
 ]
 
 
@@ -153,12 +154,19 @@ def test_no_claims_known_to_be_wrong() -> None:
         (WRONG_CLAIMS, "why the GRU itself cannot be parallelised over time", 1),
         (WRONG_CLAIMS, "it is impossible to parallelize a GRU over time", 1),
         (WRONG_CLAIMS, "spectral radius about $6/\\sqrt 3 \\approx 3.5$", 1),
+
     ],
 )
 def test_the_rules_catch_what_they_name(rules: list[Rule], text: str, expected: int) -> None:
     """The lint can fail: each rule set finds the slips it was written for, and leaves plain prose alone."""
     found = _violations(rules, [Text("sample", "notebooks/07_x.ipynb", text)])
     assert len(found) == expected, found
+
+
+def test_the_tokenizer_rule_tells_deleting_from_spacing() -> None:
+    rule = next(r for r in WRONG_CLAIMS if "tokenizer" in r.reason)
+    assert rule.hits('rules: lowercase; delete `"`, `;` and `:`; split on whitespace')
+    assert not rule.hits('`"` deleted, `;` and `:` turned into spaces')
 
 
 # {glue}`name`, {glue:text}`name:.2f`, {glue:md}`name`, and the directives ```{glue:figure} name / {glue:math} name.
