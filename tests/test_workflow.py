@@ -2,11 +2,17 @@
 
 The README gives readers two commands (`make book`, `make test`); the workflow that publishes the site must run
 the same targets (directly, or through a target whose recipe runs them), on the full data fetched by the
-library's own loader, and deploy the very site that `make test` checked."""
+library's own loader, and deploy the very site that `make test` checked. Its first step stops a fork whose
+_config.yml still names another repository, and before the build it stamps the notebooks' setup cells with the
+commit being built; both steps are run here on copies of the files."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,3 +115,84 @@ def test_the_download_command_exists() -> None:
     """The workflow's `python -m gru_lib data --download` is a real command of the library's CLI."""
     args = build_parser().parse_args(["data", "--download"])
     assert args.command == "data" and args.download is True and callable(args.func)
+
+
+# --- the repository check and the commit stamp ------------------------------------------------------------
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _step(workflow: dict, name_start: str) -> tuple[int, dict]:
+    steps = _steps(workflow, "build")
+    return next((i, s) for i, s in enumerate(steps) if s.get("name", "").startswith(name_start))
+
+
+def _config_url_line() -> int:
+    """1-based line of repository.url in _config.yml."""
+    lines = (ROOT / "_config.yml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("repository:")
+    return next(i + 1 for i in range(start + 1, len(lines)) if lines[i].split()[:1] == ["url:"])
+
+
+def _bash(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_repository_check_comes_first(workflow: dict) -> None:
+    index, step = _step(workflow, "Check that _config.yml names this repository")
+    steps = _steps(workflow, "build")
+    assert [s.get("uses", "").split("@")[0] for s in steps[:index]] == ["actions/checkout"], (
+        "the repository check must be the first step after the checkout"
+    )
+    assert step["env"]["REPOSITORY"] == "${{ github.repository }}"
+
+
+@pytest.mark.parametrize("repository", ["gru-book/gru-book", "Gru-Book/gru-book"])
+def test_repository_check_passes_in_the_configured_repository(workflow: dict, tmp_path: Path,
+                                                              repository: str) -> None:
+    _, step = _step(workflow, "Check that _config.yml names this repository")
+    shutil.copy2(ROOT / "_config.yml", tmp_path / "_config.yml")
+    configured = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    if repository.lower() != configured.removeprefix("https://github.com/").lower():
+        pytest.skip(f"_config.yml names {configured}")
+    github_env = tmp_path / "github_env"
+    done = _bash(step["run"], tmp_path, REPOSITORY=repository, GITHUB_ENV=str(github_env))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert github_env.read_text() == f"BOOK_REPOSITORY_URL={configured}\n"
+
+
+def test_repository_check_stops_a_fork_with_one_line_naming_the_line(workflow: dict, tmp_path: Path) -> None:
+    _, step = _step(workflow, "Check that _config.yml names this repository")
+    shutil.copy2(ROOT / "_config.yml", tmp_path / "_config.yml")
+    done = _bash(step["run"], tmp_path, REPOSITORY="someone/gru-book-fork", GITHUB_ENV=str(tmp_path / "env"))
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    line = _config_url_line()
+    assert f"_config.yml line {line} (repository.url)" in lines[0] and f"line={line}" in lines[0], lines[0]
+    assert "https://github.com/someone/gru-book-fork" in lines[0]
+
+
+def test_setup_cells_are_stamped_with_the_commit_before_the_build(workflow: dict, tmp_path: Path) -> None:
+    index, step = _step(workflow, "Stamp the setup cells with this commit")
+    lines_before = [line for s in _steps(workflow, "build")[:index] for line in s.get("run", "").splitlines()]
+    assert not _make_targets([line.strip() for line in lines_before]), "the stamp must come before any make"
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    done = _bash(step["run"], tmp_path, BOOK_REPOSITORY_URL=url, GITHUB_SHA=SHA)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        stamped = (tmp_path / "notebooks" / path.name).read_text(encoding="utf-8")
+        assert f'"gru_lib @ git+{url}@{SHA}' in stamped.replace('\\"', '"'), f"{path.name} was not stamped"
+        assert stamped.replace(SHA, "main") == path.read_text(encoding="utf-8"), f"{path.name}: more than the ref"
+        json.loads(stamped)
+
+
+def test_the_stamp_refuses_a_notebook_without_the_setup_cell(workflow: dict, tmp_path: Path) -> None:
+    _, step = _step(workflow, "Stamp the setup cells with this commit")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "99_new.ipynb").write_text('{"cells": []}')
+    done = _bash(step["run"], tmp_path, BOOK_REPOSITORY_URL="https://github.com/a/b", GITHUB_SHA=SHA)
+    assert done.returncode != 0 and "99_new.ipynb" in done.stderr
