@@ -37,10 +37,12 @@ setup: $(STAMP)
 book: setup
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-## Every test: unit tests and every notebook under strict nbval in one pytest run, the strict book build, then the
-## browser test of the built site (tests/browser: must run here, so a missing site or Chromium fails it).
+## Every test: unit tests, the reader test and every notebook under strict nbval in one pytest run, the strict book
+## build, then the browser test of the built site (tests/browser: must run here, so a missing site or Chromium
+## fails it). The reader test (tests/test_reader_path.py: chapters run alone in a fresh virtual environment) is
+## skipped by a plain `pytest tests`; GRU_BOOK_READER_TEST=1 runs it.
 test: setup
-	$(BIN)/python -m pytest tests notebooks $(NBVAL) --ignore=tests/browser
+	GRU_BOOK_READER_TEST=1 $(BIN)/python -m pytest tests notebooks $(NBVAL) --ignore=tests/browser
 	$(MAKE) book
 	GRU_BOOK_REQUIRE_SITE=1 $(BIN)/python -m pytest tests/browser
 
