@@ -6,6 +6,19 @@ no request leaving 127.0.0.1 (the site works offline), maths typeset by the Math
 link pointing at an existing file and anchor; and the search page finds "reset gate". A full-page screenshot of each
 chapter and prose page goes to ``_build/screenshots/``; the figures of the run to ``_build/browser-report.json``.
 
+Layout, at a 1280 px wide window, with every dropdown and collapsed cell opened (what a reader can open, a reader
+sees): the text column is the content box of the theme's ``article.bd-article``. Two checks, both failures:
+- *sticks out*: an element whose box extends past the column (reported once, at the outermost such element).
+  An element inside a box that clips or scrolls (``overflow-x`` not ``visible``) is judged through that box;
+- *needs sideways scrolling*: a box that clips or scrolls whose content is wider than the box (a code block with
+  long lines, a wide table or output), and a display equation wider than its box. Scrolling keeps the page
+  intact (the CSS of ``book/_static`` guarantees that much) but hides part of the equation or code from a reader
+  who does not scroll, so it counts as too wide: split the equation (``aligned``), wrap the code (88 columns fit:
+  the site's CSS sizes code to that), move wide output out of the reader's path.
+Chapters 1 to 3 each show a diagram (an SVG of ``book/figures``, not a plot), and the site's highlighted code
+shows the sources the book builds: ``def gru_cell_backward``, the layer's time loop ``def _scan_direction`` and,
+in the classifier chapter, the training step's ``optimizer.step()``.
+
 Run it after the book build (``make test`` does: ``make book``, then ``pytest tests/browser``). Outside
 ``make test`` it skips when the site or Chromium is missing; with ``GRU_BOOK_REQUIRE_SITE=1`` (set by ``make test``)
 a missing site or browser is a failure. ``GRU_BOOK_SITE`` points it at another built site; ``CHROMIUM`` at another
@@ -115,6 +128,9 @@ class PageResult:
     raw_tex: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    column_px: int = 0
+    sticks_out: list[str] = field(default_factory=list)
+    scrolls: list[str] = field(default_factory=list)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -199,6 +215,45 @@ _MATH_JS = """async () => {
 }"""
 
 
+# In the page: open what a reader can open, then find what is wider than the text column (see the module's doc).
+_LAYOUT_JS = """() => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+  const article = document.querySelector('article.bd-article');
+  if (!article) return null;
+  const box = article.getBoundingClientRect(), style = getComputedStyle(article);
+  const left = box.left + parseFloat(style.paddingLeft), right = box.right - parseFloat(style.paddingRight);
+  const clips = el => getComputedStyle(el).overflowX !== 'visible';
+  const outside = r => r.left < left - 1 || r.right > right + 1;
+  const describe = el => {
+    const section = el.closest('section[id]');
+    const text = Array.from((el.innerText || el.textContent || '').trim().replace(/\\s+/g, ' ')).slice(0, 60).join('');
+    const cls = (el.getAttribute('class') || '').split(/\\s+/).filter(Boolean).slice(0, 2).join('.');
+    return `<${el.tagName.toLowerCase()}${cls ? '.' + cls : ''}> in #${section ? section.id : '?'} "${text}"`;
+  };
+  const sticksOut = [], scrolls = [];
+  for (const el of article.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || getComputedStyle(el).visibility === 'hidden') continue;
+    if (el.closest('mjx-assistive-mml')) continue;  // MathJax's off-screen copy for screen readers
+    let clipped = false;
+    for (let a = el.parentElement; a && a !== article; a = a.parentElement) if (clips(a)) { clipped = true; break; }
+    if (!clipped && outside(r) && (el.parentElement === article || !outside(el.parentElement.getBoundingClientRect())))
+      sticksOut.push(`${describe(el)}: ${Math.round(r.width)} px wide at ${Math.round(r.left - left)} px`);
+    if (el.tagName === 'MJX-CONTAINER') {
+      const math = el.querySelector(':scope > mjx-math');
+      const wide = math ? math.getBoundingClientRect().width : 0;
+      if (el.getAttribute('display') === 'true' && wide > el.clientWidth + 1)
+        scrolls.push(`${describe(el)}: display equation ${Math.round(wide)} px in ${el.clientWidth} px`);
+    } else if (!el.tagName.startsWith('MJX-') && !el.classList.contains('math') && clips(el)
+               && getComputedStyle(el).display !== 'inline' && el.scrollWidth > el.clientWidth + 2) {
+      scrolls.push(`${describe(el)}: ${el.scrollWidth} px of content in ${el.clientWidth} px`);
+    }
+  }
+  return {column: Math.round(right - left), sticksOut: sticksOut, scrolls: scrolls};
+}"""
+
+
 def _visit(context, base: str, page_path: str) -> PageResult:
     result = PageResult(page_path)
     target = redirect_target(page_path)
@@ -232,6 +287,10 @@ def _visit(context, base: str, page_path: str) -> PageResult:
         if page_path.startswith(("book/", "notebooks/")):
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / f"{Path(page_path).stem}.png"), full_page=True)
+        layout = page.evaluate(_LAYOUT_JS)  # after the screenshot: it opens every dropdown
+        if layout:
+            result.column_px, result.sticks_out, result.scrolls = (
+                layout["column"], layout["sticksOut"], layout["scrolls"])
     finally:
         page.close()
     return result
@@ -253,6 +312,9 @@ def visited(browser_context, server: str) -> dict[str, PageResult]:
                 "pages_with_maths": sum(1 for r in results.values() if r.math_elements),
                 "equations_typeset": sum(r.math_typeset for r in results.values()),
                 "screenshots": len(list(SCREENSHOTS.glob("*.png"))) if SCREENSHOTS.is_dir() else 0,
+                "text_column_px": sorted({r.column_px for r in results.values() if r.column_px}),
+                "pages_with_elements_sticking_out": {p: len(r.sticks_out) for p, r in results.items() if r.sticks_out},
+                "pages_with_sideways_scrolling": {p: len(r.scrolls) for p, r in results.items() if r.scrolls},
                 "seconds": round(seconds, 1),
             },
             indent=2,
@@ -396,3 +458,80 @@ def test_chapters_offer_download_and_launch_buttons(visited: dict[str, PageResul
         failures += [f"{p}: no {what} link" for what, ok in wanted.items() if not any(ok(h) for h in r.links)]
     _report(failures, "missing buttons")
     assert chapters, "no chapter pages were built"
+
+
+def test_nothing_sticks_out_of_the_text_column(visited: dict[str, PageResult]) -> None:
+    """At 1280 px no element (equation, code, table, figure, output) extends past the text column."""
+    content = [p for p, r in visited.items() if p.startswith(("book/", "notebooks/"))]
+    measured = [p for p in content if visited[p].column_px]
+    assert measured == content, f"no text column (article.bd-article) found on {sorted(set(content) - set(measured))}"
+    failures = [f"{p}: {e}" for p, r in visited.items() for e in r.sticks_out]
+    _report(failures, "elements wider than the text column at 1280 px")
+
+
+def test_nothing_needs_sideways_scrolling(visited: dict[str, PageResult]) -> None:
+    """At 1280 px no code block, equation, table or output hides part of itself behind a horizontal scroll."""
+    failures = [f"{p}: {e}" for p, r in visited.items() for e in r.scrolls]
+    _report(failures, "boxes whose content is wider than the text column at 1280 px (scrolls or is cut)")
+
+
+def test_first_chapters_show_a_diagram(visited: dict[str, PageResult]) -> None:
+    """Chapters 1 to 3 each show a diagram: an SVG drawn for the book (book/figures), not a matplotlib plot."""
+    drawn = {p.stem for p in (BOOK_SOURCE / "book" / "figures").glob("*.svg")}
+    chapters = sorted(p for p in visited if re.match(r"notebooks/0[123]_", p))
+    assert len(chapters) == 3, f"chapters 1 to 3 not found among the pages: {chapters}"
+
+    def is_diagram(src: str) -> bool:  # Sphinx copies figures to _images/, adding a number to a repeated name
+        name = Path(urlsplit(src).path).name
+        stem = Path(name).stem
+        return name.endswith(".svg") and (stem in drawn or re.sub(r"\d+$", "", stem) in drawn)
+
+    failures = [f"{p}: no diagram from book/figures (images: {[i['src'] for i in visited[p].images]})"
+                for p in chapters if not any(is_diagram(i["src"]) and i["naturalWidth"] > 0 for i in visited[p].images)]
+    _report(failures, "chapters without a diagram")
+
+
+class _HighlightedCode(HTMLParser):
+    """The text of every highlighted code block (``<div class="highlight...">``) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[str] = []
+        self._depth = 0  # div nesting inside the current highlighted block
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "div":
+            return
+        if self._depth:
+            self._depth += 1
+        elif any(c == "highlight" or c.startswith("highlight-") for c in (dict(attrs).get("class") or "").split()):
+            self._depth = 1
+            self.blocks.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "div" and self._depth:
+            self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._depth:
+            self.blocks[-1] += data
+
+
+def highlighted_code(path: str) -> list[str]:
+    parser = _HighlightedCode()
+    parser.feed((SITE / path).read_text(encoding="utf-8", errors="replace"))
+    return parser.blocks
+
+
+def test_the_code_the_book_builds_is_shown() -> None:
+    """The sources the chapters build are on the site, in highlighted code: the cell's hand-derived backward, the
+    layer's time loop and (in the classifier chapter) the training step's optimiser step."""
+    if not SITE.is_dir():
+        _missing(f"no built site at {SITE}")
+    code = {p: highlighted_code(p) for p in site_pages() if p.startswith("notebooks/")}
+    assert code, "no chapter pages were built"
+    wanted = {"def gru_cell_backward": code, "def _scan_direction": code,
+              "optimizer.step()": {p: b for p, b in code.items() if "news_classifier" in p}}
+    failures = [f"`{needle}` is in no highlighted code block of {sorted(pages) or 'the classifier chapter'}"
+                for needle, pages in wanted.items() if not any(needle in b for bs in pages.values() for b in bs)]
+    _report(failures, "sources not shown")
