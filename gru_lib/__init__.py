@@ -5,63 +5,66 @@
 - ``gradients``: vanishing and exploding gradients measured; an explosive GRU setting (chapter 2)
 - ``tasks``: the adding problem, a long-range task, and its small trainer (chapter 2)
 - ``layer``: the full GRU layer, a drop-in for ``torch.nn.GRU`` (chapter 3)
+- ``lengths``: the length mask and the reverse-within-lengths index of padded batches (chapters 3, 5, 6)
 - ``data``: AG News from its official CSV files, validated, downloaded into a cache when missing (chapter 4)
 - ``text``: tokenizer, vocabulary, numericalisation, length-bucketed batching: what replaced torchtext (chapter 4)
+- ``config``: ``ModelConfig`` and ``TrainConfig``, every setting of a run and its default (chapter 5)
 - ``models``: the news classifier: embedding, GRU backend, masked pooling, linear (chapter 5)
 - ``embeddings``: word vectors from the training rows' co-occurrences, PPMI + SVD (chapter 5)
+- ``prepare``: rows to tokens, vocabulary, ids and an initialised classifier (chapter 5)
+- ``train``: the trainer: ``optimization_step``, one epoch, ``train`` (chapter 5)
+- ``train_state``: where a run stands, to and from a checkpoint (chapter 5)
+- ``evaluate``: logits, exact sharded evaluation, loading a trained classifier (chapter 5)
 - ``metrics``: accuracy, macro-F1, confusion matrix, per-class scores (chapter 5)
-- ``train``: the trainer and the ``train``/``evaluate``/``predict`` commands (chapter 5)
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
+- ``baseline``: TF-IDF + logistic regression, the classical baseline (chapter 5)
+- ``cli``: ``python -m gru_lib data | train | evaluate | predict | bench``, all argument parsing
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
-- ``bench``: the ``bench`` command, timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
+- ``bench``: timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
 - ``scan``, ``mingru``: the parallel log-space scan and MinGRU, parallel in time (chapter 7)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
+
+``import gru_lib`` loads PyTorch and the standard library only: the names below are imported from their
+modules on first use, and the optional packages (scikit-learn, SciPy, tqdm, pandas, matplotlib) where the
+code that needs them runs.
 """
 
-from gru_lib.cell import GRUCell, GRUGates, gru_cell, gru_cell_gates, gru_gates_from_projection
-from gru_lib.distributed import DistContext, init_distributed, wrap_model
-from gru_lib.data import CLASSES, NewsExample, describe_ag_news, ensure_ag_news, load_ag_news
-from gru_lib.errors import CheckpointError, DataError, GruLibError
-from gru_lib.fast import FastGRU
-from gru_lib.layer import GRU
-from gru_lib.mingru import MinGRU
-from gru_lib.metrics import classification_report, confusion_matrix
-from gru_lib.models import NewsClassifier
-from gru_lib.repro import seed_everything
-from gru_lib.train import TrainConfig, load_classifier
-from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded, numericalize, tokenize
+from __future__ import annotations
 
-__all__ = [
-    "DistContext",
-    "init_distributed",
-    "wrap_model",
-    "GRUCell",
-    "GRUGates",
-    "gru_cell",
-    "gru_cell_gates",
-    "gru_gates_from_projection",
-    "GRU",
-    "FastGRU",
-    "MinGRU",
-    "GruLibError",
-    "DataError",
-    "CheckpointError",
-    "seed_everything",
-    "CLASSES",
-    "NewsExample",
-    "load_ag_news",
-    "ensure_ag_news",
-    "describe_ag_news",
-    "tokenize",
-    "Vocab",
-    "numericalize",
-    "EncodedDataset",
-    "BucketBatchSampler",
-    "collate_padded",
-    "NewsClassifier",
-    "confusion_matrix",
-    "classification_report",
-    "TrainConfig",
-    "load_classifier",
-]
+import importlib
+from typing import Any
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["GRUCell", "GRUGates", "gru_cell", "gru_cell_gates", "gru_gates_from_projection"], "cell"),
+    **dict.fromkeys(["DistContext", "init_distributed", "wrap_model"], "distributed"),
+    **dict.fromkeys(["CLASSES", "NewsExample", "describe_ag_news", "ensure_ag_news", "load_ag_news"], "data"),
+    **dict.fromkeys(["CheckpointError", "ConfigError", "DataError", "GruLibError"], "errors"),
+    "FastGRU": "fast",
+    "GRU": "layer",
+    "MinGRU": "mingru",
+    **dict.fromkeys(["classification_report", "confusion_matrix"], "metrics"),
+    **dict.fromkeys(["ModelConfig", "TrainConfig"], "config"),
+    "NewsClassifier": "models",
+    "seed_everything": "repro",
+    "load_classifier": "evaluate",
+    **dict.fromkeys(["BucketBatchSampler", "EncodedDataset", "Vocab", "collate_padded", "numericalize", "tokenize"],
+                    "text"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first use (PEP 562); submodules import as usual."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gru_lib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gru_lib.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -32,7 +32,6 @@ with ``torch.backends.mkldnn`` disabled, so its products go through ATen/MKL: wh
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -432,82 +431,62 @@ def _plot(frame, base: Shape, out: Path) -> list[Path]:  # noqa: ANN001
     return written
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU, torch.mm and oneDNN",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    parser.add_argument("--full", action="store_true", help="the full sweep: T 16..4096, B 1..256, H 64..1024")
-    parser.add_argument("--shape", type=_int_list, default=list(BASE), metavar="B,T,D,H",
-                        help="the centre of the sweeps (default %(default)s)")
-    parser.add_argument("--steps", type=_int_list, help="override the swept sequence lengths")
-    parser.add_argument("--batch", type=_int_list, help="override the swept batch sizes")
-    parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians (default 5)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--memory", choices=("none", "base", "all"), default="base",
-                        help="peak-memory probes: none, the base shape only (default), every shape")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="directory for bench.csv and plots")
-    parser.set_defaults(func=_command)
-
-
-def _command(args: argparse.Namespace) -> int:
+def bench_command(
+    *, full: bool, shape: Sequence[int], steps: Sequence[int] | None, batch: Sequence[int] | None,
+    hidden: Sequence[int] | None, backends: str, repeats: int, threads: int | None, memory: str, device: str,
+    out: Path,
+) -> int:
+    """``python -m gru_lib bench`` (its flags, :mod:`gru_lib.cli`, have these names): run the sweeps, write
+    ``bench.csv`` and the plots into ``out``, print the table at the base shape."""
     import pandas as pd
 
-    if len(args.shape) != 4:
-        raise GruLibError(f"--shape: expected B,T,D,H (4 integers), got {len(args.shape)}")
-    if args.repeats < 1:
-        raise GruLibError(f"--repeats: must be at least 1, got {args.repeats}")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise GruLibError(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
-    if "nn.GRU" not in backends:
-        backends.insert(0, "nn.GRU")  # every ratio is to nn.GRU in the same run
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GruLibError("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GruLibError(f"--threads: must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    sweep = FULL if args.full else QUICK
-    base = Shape(*args.shape)
-    shapes = sweep_shapes(base, args.steps or sweep["steps"], args.batch or sweep["batch"],
-                          args.hidden or sweep["hidden"])
+    base, names, device_ = _check_bench_arguments(shape, repeats, backends, device, threads)
+    sweep = FULL if full else QUICK
+    shapes = sweep_shapes(base, steps or sweep["steps"], batch or sweep["batch"], hidden or sweep["hidden"])
     print(f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} "
-          f"bf16={cpu_bf16_support()} device={device}")
-    rows, notes = run_bench(shapes, backends, args.repeats, device, args.memory)
+          f"bf16={cpu_bf16_support()} device={device_}")
+    rows, notes = run_bench(shapes, names, repeats, device_, memory)
     frame = pd.DataFrame(rows)
     frame["threads"] = torch.get_num_threads()
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        csv = args.out / "bench.csv"
+        out.mkdir(parents=True, exist_ok=True)
+        csv = out / "bench.csv"
         frame.to_csv(csv, index=False, float_format="%.6g")
     except OSError as error:
-        raise GruLibError(f"--out {args.out}: cannot write ({error.strerror or error})") from None
-    plots = _plot(frame, base, args.out)
+        raise GruLibError(f"--out {out}: cannot write ({error.strerror or error})") from None
+    plots = _plot(frame, base, out)
     at_base = frame[(frame["batch"] == base.batch) & (frame["steps"] == base.steps)
                     & (frame["hidden"] == base.hidden) & (frame["input_size"] == base.input_size)]
     columns = ["backend", "mode", "median_ms", "speedup_vs_nn_gru", "gflops", "frac_of_mm", "frac_of_onednn",
                "peak_mb"]
     print(f"\nAt B={base.batch} T={base.steps} D={base.input_size} H={base.hidden} "
-          f"(medians of {args.repeats} interleaved rounds):")
+          f"(medians of {repeats} interleaved rounds):")
     print(at_base[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {csv}" + "".join(f", {p}" for p in plots))
     return 0
+
+
+def _check_bench_arguments(
+    shape: Sequence[int], repeats: int, backends: str, device: str, threads: int | None
+) -> tuple[Shape, list[str], torch.device]:
+    """The base shape, the backends (nn.GRU first) and the device; sets ``threads``. One-line errors."""
+    if len(shape) != 4:
+        raise GruLibError(f"--shape: expected B,T,D,H (4 integers), got {len(shape)}")
+    if repeats < 1:
+        raise GruLibError(f"--repeats: must be at least 1, got {repeats}")
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown:
+        raise GruLibError(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
+    if "nn.GRU" not in names:
+        names.insert(0, "nn.GRU")  # every ratio is to nn.GRU in the same run
+    device_ = torch.device(device)
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        raise GruLibError("--device cuda: no CUDA device is available")
+    if threads is not None:
+        if threads < 1:
+            raise GruLibError(f"--threads: must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return Shape(*shape), names, device_

@@ -10,7 +10,6 @@ of each run is recorded too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -31,28 +30,28 @@ def baseline(data_dir: Path) -> dict:
     return {"train_rows": len(train), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
+def train_run(data_dir: Path, out: Path, seed: int, threads: int, extra: list[str]) -> dict:
+    """One ``python -m gru_lib train`` run in a subprocess; its test scores, times and steps."""
+    command = [sys.executable, "-m", "gru_lib", "train", "--data", str(data_dir), "--out", str(out),
+               "--seed", str(seed), "--threads", str(threads), "--no-progress", *extra]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"seed": seed, "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
+            "train_seconds": metrics["train_seconds"], "cpu_seconds": metrics["cpu_seconds"],
+            "steps": metrics["steps"], "epochs": len(metrics["history"]),
+            "wall_seconds": time.perf_counter() - started}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("train_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    from gru_lib.cli import bench_classifier_args
+
+    args = bench_classifier_args(description=__doc__)
     data_dir = args.data or default_data_dir()
     extra = [a for a in args.train_args if a != "--"]
     runs = []
     for seed in args.seeds:
-        out = args.out / f"seed{seed}"
-        command = [sys.executable, "-m", "gru_lib", "train", "--data", str(data_dir), "--out", str(out),
-                   "--seed", str(seed), "--threads", str(args.threads), "--no-progress", *extra]
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        metrics = json.loads((out / "metrics.json").read_text())
-        runs.append({"seed": seed, "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
-                     "train_seconds": metrics["train_seconds"], "cpu_seconds": metrics["cpu_seconds"],
-                     "steps": metrics["steps"], "epochs": len(metrics["history"]),
-                     "wall_seconds": time.perf_counter() - started})
+        runs.append(train_run(data_dir, args.out / f"seed{seed}", seed, args.threads, extra))
         print(json.dumps(runs[-1]), flush=True)
     base = baseline(data_dir)
     summary = {

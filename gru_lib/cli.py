@@ -1,29 +1,342 @@
-"""``python -m gru_lib COMMAND``: the command line. Each command lives beside the code it drives and
-registers itself here with ``add_parser(subparsers)``; a :class:`GruLibError` becomes one line on stderr."""
+"""``python -m gru_lib COMMAND``: the command line, and the only module that parses arguments.
+
+Commands: ``data`` (check AG News), ``train``, ``evaluate``, ``predict`` (the classifier, chapter 5) and
+``bench`` (the GRU backends, chapter 6); :func:`bench_classifier_args` parses ``python -m
+gru_lib.bench_classifier``. The ``train`` flags are made from the fields of :class:`gru_lib.config.TrainConfig`
+and :class:`gru_lib.config.ModelConfig` (``hidden_size`` -> ``--hidden-size``, help and choices from each
+field's metadata, booleans as ``--x/--no-x``), so the flags and their defaults have one home. A
+:class:`GruLibError` becomes one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import signal
 import sys
+import time
+import types
+import typing
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from gru_lib.errors import GruLibError
+from gru_lib.config import ModelConfig, TrainConfig
+from gru_lib.errors import CheckpointError, GruLibError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "config_flags", "config_from_args", "bench_classifier_args"]
 
-# Modules that define ``add_parser(subparsers) -> None``; each parser sets ``func=callable(args) -> int``.
-COMMAND_MODULES: list[str] = ["gru_lib.data", "gru_lib.train", "gru_lib.bench"]
+_DATA_HELP = "directory holding ag_news/ (default: $GRU_LIB_DATA or the user cache, downloading)"
+
+
+# ------------------------------------------------------------------------------------- flags from dataclasses
+
+
+def config_flags() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """``{field name: (flag, field, type)}`` for every documented field of ModelConfig and TrainConfig."""
+    flags = {}
+    for cls in (ModelConfig, TrainConfig):
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            if "help" in item.metadata:
+                flags[item.name] = ("--" + item.name.replace("_", "-"), item, hints[item.name])
+    return flags
+
+
+def _scalar(kind: Any) -> type:
+    """``int | None`` -> ``int``: the type a flag's text converts to."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    return kind
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig().to_dict()
+    for name, (flag, item, kind) in config_flags().items():
+        text = f"{item.metadata['help']} (default: {defaults[name]})"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=_scalar(kind), default=None,
+                                choices=item.metadata.get("choices"), help=text)
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration the flags give: the flags set on the command line over ``base`` (a stored
+    configuration, when resuming) over the defaults."""
+    given = {name: getattr(args, name) for name in config_flags() if getattr(args, name, None) is not None}
+    return TrainConfig.from_dict({**(base or {}), **given})
+
+
+# ---------------------------------------------------------------------------------------- train, evaluate, predict
+
+
+def _data_dir(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The directory holding ``ag_news/`` and whether downloading into it is allowed (only the default)."""
+    from gru_lib.data import default_data_dir
+
+    if args.data is None:
+        return default_data_dir(), True
+    path = Path(args.data).expanduser()
+    if not path.is_dir():
+        raise GruLibError(f"--data {args.data}: no such directory (give the directory that holds ag_news/)")
+    return path, False
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the news classifier on AG News",
+        description="Train the GRU news classifier; prints per-epoch metrics and writes checkpoint.pt, "
+        "config.json, vocab.json and metrics.json into --out. The defaults are the book's recommended settings.",
+    )
+    parser.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--train-rows", type=int, default=None, metavar="N",
+                        help="train on the first N training rows only (default: all)")
+    _add_config_flags(parser)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_train)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from gru_lib.checkpoint import checkpoint_path, load_checkpoint
+
+    path = checkpoint_path(args.out)
+    if not args.resume:
+        if path.exists():
+            raise GruLibError(f"--out {args.out} already holds a checkpoint: pass --resume to continue it, "
+                              "or choose another directory")
+        return config_from_args(args)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    stored = load_checkpoint(path, require_training=True)["train_config"]
+    try:
+        return config_from_args(args, stored)
+    except (TypeError, GruLibError) as error:
+        raise CheckpointError(f"{path}: incompatible configuration ({error})") from None
+
+
+def _rows(args: argparse.Namespace, split: str) -> list:
+    from gru_lib.data import load_ag_news
+
+    data_dir, download = _data_dir(args)
+    rows = load_ag_news(split, data_dir, download=download)
+    if split == "train" and getattr(args, "train_rows", None) is not None:
+        if args.train_rows < 1:
+            raise GruLibError(f"--train-rows {args.train_rows}: must be >= 1")
+        rows = rows[: args.train_rows]
+    return rows
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from gru_lib.distributed import cleanup, init_distributed
+    from gru_lib.train import TrainingInterrupted, train
+
+    config = _train_config(args)
+    ctx = init_distributed(device=args.device)
+    try:
+        train_rows, test_rows = _rows(args, "train"), _rows(args, "test")
+        out = Path(args.out)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            print(f"training on {len(train_rows):,} rows, evaluating on {len(test_rows):,} test rows "
+                  f"({ctx.world_size} process{'es' if ctx.world_size > 1 else ''}, {ctx.device})", flush=True)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            result = train(config, train_rows, test_rows, out_dir=out, resume=args.resume, ctx=ctx,
+                           progress=False if args.no_progress else None, log=_print_flushed, handle_sigterm=True,
+                           threads=args.threads)
+        except TrainingInterrupted as stopped:
+            if ctx.is_main:
+                print(f"interrupted: {stopped}", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM
+        if ctx.is_main:
+            _write_train_outputs(out, result, {
+                "train_rows": len(train_rows), "test_rows": len(test_rows), "processes": ctx.world_size,
+                "wall_seconds": time.perf_counter() - started,
+                # CPU time of this process (training and evaluation, all threads): robust to a busy machine.
+                "cpu_seconds": time.process_time() - cpu_started,
+            })
+        return 0
+    finally:
+        cleanup(ctx)
+
+
+def _print_flushed(message: str) -> None:
+    print(message, flush=True)
+
+
+def _write_train_outputs(out: Path, result: Any, run: dict[str, Any]) -> None:
+    """config.json, vocab.json and metrics.json of a finished run."""
+    _write_json(out / "config.json", {"train": result.config.to_dict(), "model": result.model.config()})
+    result.vocab.save(out / "vocab.json")
+    metrics = {
+        **run,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "embedding_init_seconds": result.extra["init_seconds"],
+        "history": [{k: v for k, v in h.items() if k != "eval"} for h in result.history],
+        "test": result.report,
+    }
+    _write_json(out / "metrics.json", metrics)
+    print(f"test accuracy {result.report['accuracy']:.4f}  macro-F1 {result.report['macro_f1']:.4f}; "
+          f"wrote {out / 'checkpoint.pt'} and metrics.json", flush=True)
+
+
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a trained classifier on the AG News test split",
+        description="Accuracy, macro-F1, per-class scores and the confusion matrix of a trained classifier.",
+    )
+    parser.add_argument("--model", required=True, metavar="DIR", help="the --out directory of `train`")
+    parser.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--batch-size", type=int, default=256, help="texts per batch (default: 256)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from gru_lib.data import CLASSES
+    from gru_lib.evaluate import evaluate_model, load_classifier
+    from gru_lib.metrics import classification_report
+    from gru_lib.prepare import encode_examples
+
+    model, vocab, config, _ = load_classifier(args.model, device=args.device)
+    rows = _rows(args, args.split)
+    cm, loss = evaluate_model(model, encode_examples(rows, vocab, config), batch_size=args.batch_size,
+                              pad_index=vocab.pad_index)
+    report = classification_report(cm, CLASSES)
+    if args.json:
+        print(json.dumps({"split": args.split, "rows": len(rows), "loss": loss, **report}))
+        return 0
+    print(f"{args.split}: {len(rows):,} rows  accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}"
+          f"  loss {loss:.4f}")
+    print(f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
+    for row in report["per_class"]:
+        print(f"{row['class']:<10} {row['precision']:>9.4f} {row['recall']:>7.4f} {row['f1']:>7.4f} "
+              f"{row['support']:>8}")
+    print("confusion matrix (rows: true, columns: predicted; " + ", ".join(CLASSES) + ")")
+    for line in report["confusion_matrix"]:
+        print("  " + " ".join(f"{v:>6}" for v in line))
+    return 0
+
+
+def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="predict the topic of texts with a trained classifier",
+        description="Print the predicted topic and its probability for each text, one line each.",
+    )
+    parser.add_argument("--model", required=True, metavar="DIR", help="the --out directory of `train`")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per text")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from gru_lib.data import CLASSES
+    from gru_lib.evaluate import load_classifier, predict_logits
+    from gru_lib.text import numericalize
+
+    model, vocab, config, _ = load_classifier(args.model, device=args.device)
+    ids = numericalize(args.texts, vocab, max_len=config.max_len, clean=config.clean_text)
+    probs = predict_logits(model, ids, pad_index=vocab.pad_index).softmax(dim=1)
+    for text, row in zip(args.texts, probs):
+        k = int(row.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "topic": CLASSES[k], "probability": float(row[k]),
+                              "probabilities": dict(zip(CLASSES, row.tolist()))}))
+        else:
+            print(f"{CLASSES[k]}\t{float(row[k]):.4f}\t{text}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- data, bench
+
+
+def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    from gru_lib.data import DATA_ENV, _run_data
+
+    parser = subparsers.add_parser("data", help="check the AG News files and report their row counts")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"directory holding ag_news/ (default: ${DATA_ENV} or the user cache)")
+    parser.add_argument("--download", action="store_true", help="download missing files into the data directory")
+    parser.set_defaults(func=_run_data)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    from gru_lib import bench
+
+    parser = subparsers.add_parser(
+        "bench", help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU, torch.mm and oneDNN",
+        description=bench.__doc__.split("\n\n")[0] if bench.__doc__ else None,
+    )
+    parser.add_argument("--full", action="store_true", help="the full sweep: T 16..4096, B 1..256, H 64..1024")
+    parser.add_argument("--shape", type=_int_list, default=list(bench.BASE), metavar="B,T,D,H",
+                        help="the centre of the sweeps (default %(default)s)")
+    parser.add_argument("--steps", type=_int_list, help="override the swept sequence lengths")
+    parser.add_argument("--batch", type=_int_list, help="override the swept batch sizes")
+    parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
+    parser.add_argument("--backends", default=",".join(bench.BACKENDS), help="comma-separated (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--memory", choices=("none", "base", "all"), default="base",
+                        help="peak-memory probes: none, the base shape only (default), every shape")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="directory for bench.csv and plots")
+    parser.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from gru_lib.bench import bench_command
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    return bench_command(**options)
+
+
+def bench_classifier_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """The arguments of ``python -m gru_lib.bench_classifier`` (see that module)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(
         prog="python -m gru_lib", description="The GRU book's library: train, evaluate, predict, bench."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    for add in (_add_data_parser, _add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_bench_parser):
+        add(subparsers)
     return parser
 
 

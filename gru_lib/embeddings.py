@@ -16,12 +16,14 @@ the classifier's embedding table, which training then fine-tunes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy import sparse
-from sklearn.utils.extmath import randomized_svd
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 __all__ = ["ppmi_matrix", "ppmi_embeddings"]
 
@@ -29,6 +31,8 @@ __all__ = ["ppmi_matrix", "ppmi_embeddings"]
 def ppmi_matrix(token_ids: Sequence[Sequence[int]], vocab_size: int, *, window: int = 5,
                 alpha: float = 0.75) -> sparse.csr_matrix:
     """The symmetric PPMI matrix (vocab_size, vocab_size) of the texts ``token_ids`` (module docstring)."""
+    from scipy import sparse  # SciPy and scikit-learn load here, not with gru_lib
+
     if window < 1:
         raise ValueError(f"ppmi_matrix: window must be >= 1, got {window}")
     rows, cols, weights = [], [], []
@@ -62,6 +66,8 @@ def ppmi_embeddings(token_ids: Sequence[Sequence[int]], vocab_size: int, dim: in
     beyond the matrix's rank when ``dim >= vocab_size`` (tiny vocabularies)."""
     if dim < 1 or vocab_size < 2:
         raise ValueError(f"ppmi_embeddings: need dim >= 1 and vocab_size >= 2, got {dim} and {vocab_size}")
+    from sklearn.utils.extmath import randomized_svd
+
     matrix = ppmi_matrix(token_ids, vocab_size, window=window, alpha=alpha)
     rank = min(dim, vocab_size - 1)
     u, s, _ = randomized_svd(matrix, rank, random_state=seed)

@@ -22,7 +22,6 @@ Backends (the same ``state_dict`` names for the first three, PyTorch's ``rnn.wei
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,67 +29,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from gru_lib.cell import GRUGates, gru_gate_trace
-from gru_lib.errors import ConfigError
+from gru_lib.config import BACKENDS, MODEL_FIELDS, POOLINGS, ModelConfig, parse_pooling
 from gru_lib.fast import FastGRU
 from gru_lib.layer import GRU
 from gru_lib.lengths import length_mask, reverse_within_lengths
 from gru_lib.mingru import MinGRU
 
-__all__ = ["BACKENDS", "POOLINGS", "ModelConfig", "NewsClassifier", "parse_pooling"]
+__all__ = ["BACKENDS", "POOLINGS", "ModelConfig", "NewsClassifier", "parse_pooling"]  # settings: gru_lib.config
 
-BACKENDS: tuple[str, ...] = ("torch", "gru_lib", "fast", "mingru")
-POOLINGS: tuple[str, ...] = ("mean", "max", "last", "emb")
 _GRU_CLASSES: dict[str, type[nn.Module]] = {"torch": nn.GRU, "gru_lib": GRU, "fast": FastGRU}
-
-
-def parse_pooling(pooling: str) -> tuple[str, ...]:
-    """``"mean+max"`` -> ``("mean", "max")``; each part one of :data:`POOLINGS`, no repeats."""
-    parts = tuple(part.strip() for part in pooling.split("+"))
-    if not parts or any(p not in POOLINGS for p in parts) or len(set(parts)) != len(parts):
-        raise ValueError(f"pooling {pooling!r}: expected one or more of {', '.join(POOLINGS)} joined by '+'")
-    return parts
-
-
-def _setting(default: Any, help: str, **metadata: Any) -> Any:
-    """A configuration field whose ``help`` (and ``choices``) the command line turns into a flag."""
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The classifier's architecture, one home for its settings and their defaults (the book's recommended
-    ones, chapter 5). :class:`NewsClassifier` takes it; :class:`gru_lib.config.TrainConfig` holds it; the
-    ``train`` command makes one flag per field. The vocabulary size, padding and ``<unk>`` indices and the
-    number of classes come from the data, not from here."""
-
-    embed_dim: int = _setting(128, "embedding size")
-    hidden_size: int = _setting(64, "GRU hidden size per direction")
-    num_layers: int = _setting(1, "stacked GRU layers")
-    bidirectional: bool = _setting(True, "read each text in both directions")
-    dropout: float = _setting(0.5, "dropout on embeddings, between layers and on the pooled features")
-    word_dropout: float = _setting(0.2, "probability of replacing a training token by <unk>")
-    backend: str = _setting("torch", "recurrent layer", choices=BACKENDS)
-    pooling: str = _setting("mean+max+emb", "pooling over time: mean, max, last (GRU outputs), emb "
-                            "(embeddings), joined by '+'")
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.embed_dim >= 1 and self.hidden_size >= 1 and self.num_layers >= 1,
-             "embed_dim, hidden_size and num_layers must be >= 1"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            (0.0 <= self.word_dropout < 1.0, f"word_dropout must be in [0, 1), got {self.word_dropout}"),
-            (self.backend in BACKENDS, f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"invalid model configuration: {message}")
-        try:
-            object.__setattr__(self, "pooling", "+".join(parse_pooling(self.pooling)))
-        except ValueError as error:
-            raise ConfigError(f"invalid model configuration: {error}") from None
-
-
-MODEL_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 class _MinGRUStack(nn.Module):

@@ -13,27 +13,29 @@ classifier head) run in a 16-bit type while the parameters, the optimizer state 
   by S before the optimizer step, skips the step when an inf/NaN appears and then lowers S. CUDA only here:
   CPUs have no fast fp16 arithmetic.
 
-Usage in a training step::
+Usage in a training step (:func:`gru_lib.train.optimization_step` is the full one)::
 
     precision = resolve_precision(args.precision, device)
-    scaler = precision.grad_scaler()            # a disabled no-op scaler unless fp16
+    scaler = precision.grad_scaler()            # a disabled pass-through unless fp16
     with precision.autocast():
         loss = criterion(model(x), y)
-    optimizer_step(loss, optimizer, scaler, max_grad_norm=1.0)
+    scaler.scale(loss).backward()               # loss x S
+    scaler.unscale_(optimizer)                  # gradients / S, so that clipping sees the true ones
+    clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)                      # skipped when a gradient is inf/NaN
+    scaler.update()                             # lower S after a skip, raise it after a run of good steps
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 
 from gru_lib.errors import GruLibError
 
-__all__ = ["PRECISIONS", "Precision", "resolve_precision", "optimizer_step"]
+__all__ = ["PRECISIONS", "Precision", "resolve_precision"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,33 +92,3 @@ def resolve_precision(name: str, device: torch.device | str) -> Precision:
     if name == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise GruLibError("--precision bf16: this GPU does not support bfloat16 (use --precision fp16)")
     return Precision(name, device_type)
-
-
-def optimizer_step(
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    *,
-    parameters: Iterable[nn.Parameter] | None = None,
-    max_grad_norm: float | None = None,
-) -> bool:
-    """Backward, optional gradient clipping, and the optimizer step, in the order loss scaling requires:
-    scale the loss, backward, *unscale* (so clipping sees true gradients), clip, step, update the scale.
-
-    ``parameters`` are the ones to clip (default: every parameter of ``optimizer``). Returns False when the
-    scaler skipped the step because a gradient was inf/NaN (normal, now and then, under fp16; never with a
-    disabled scaler, which steps unconditionally)."""
-    scaler.scale(loss).backward()
-    if max_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        if parameters is None:
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    if not scaler.is_enabled():
-        optimizer.step()
-        return True
-    scale_before = scaler.get_scale()
-    scaler.step(optimizer)
-    scaler.update()
-    # GradScaler lowers the scale exactly when it skipped the step (inf/NaN found).
-    return scaler.get_scale() >= scale_before

@@ -1,0 +1,105 @@
+"""Chapter 5: where a training run stands, and how that goes to and from a checkpoint.
+
+:class:`TrainState` is the part of a run that changes as it trains: the epoch, the position in the epoch's
+batch order (``batch_in_epoch``: the sampler rebuilds the order from the seed and the epoch), the step, the
+history of finished epochs, the running sums of the current one and the random states. With the weights and
+the optimizer, scheduler and grad-scaler states it is everything an exact resume needs: a run stopped anywhere
+and resumed ends with the same weights and metrics as an uninterrupted one (``tests/test_faults.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gru_lib.checkpoint import capture_rng_state, restore_rng_state
+from gru_lib.config import TrainConfig
+from gru_lib.distributed import DistContext
+from gru_lib.errors import CheckpointError
+
+__all__ = ["EpochTotals", "TrainState", "check_resume_config", "every_rank_rng", "gather_rows"]
+
+# Settings that may change when a run is resumed: they do not change what is computed.
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_batch_size"})
+
+
+@dataclass
+class EpochTotals:
+    """Running sums over the current epoch's steps (this rank's share): loss x rows, correct rows, rows and
+    seconds spent in optimisation steps (checkpoints and evaluation not included)."""
+
+    loss: float = 0.0
+    correct: int = 0
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Where a run stands (module docstring). ``history`` holds one dictionary per finished epoch."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    totals: EpochTotals = field(default_factory=EpochTotals)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_in_epoch, self.totals = self.epoch + 1, 0, EpochTotals()
+
+    def to_checkpoint(self, rng: list[dict[str, Any]], **states: Any) -> dict[str, Any]:
+        """The checkpoint's ``training`` entry: this state, the random states of every rank (``rng``) and the
+        other ``states`` (optimizer, scheduler, scaler, steps_per_epoch, world_size, complete)."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "history": self.history, "running": asdict(self.totals), "rng": rng, **states}
+
+    @classmethod
+    def from_checkpoint(cls, training: dict[str, Any], ctx: DistContext, path: Path) -> TrainState:
+        """The state a checkpoint's ``training`` entry holds; restores this rank's random states. A bad entry
+        raises :class:`CheckpointError` naming ``path``."""
+        try:
+            state = cls(int(training["epoch"]), int(training["batch_in_epoch"]), int(training["step"]),
+                        list(training["history"]), EpochTotals(**training["running"]))
+            rng = training["rng"]
+            restore_rng_state(rng[ctx.rank] if len(rng) == ctx.world_size else rng[0])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
+            raise CheckpointError(f"{path}: bad training state ({error})") from None
+        return state
+
+
+def gather_rows(ctx: DistContext, tensor: Tensor) -> list[Tensor]:
+    """Every rank's copy of a 1-D tensor of the same length (an all-gather through all_reduce_sum)."""
+    if ctx.world_size == 1:
+        return [tensor]
+    buffer = torch.zeros(ctx.world_size, tensor.numel(), dtype=torch.int64)
+    buffer[ctx.rank] = tensor.to(torch.int64).cpu()
+    ctx.all_reduce_sum(buffer)
+    return [row.to(tensor.dtype) for row in buffer]
+
+
+def every_rank_rng(ctx: DistContext) -> list[dict[str, Any]]:
+    """The random states of every rank (each rank's own torch state; every rank must call it)."""
+    rows = gather_rows(ctx, torch.get_rng_state())
+    states = []
+    for row in rows:
+        state = capture_rng_state()
+        state["torch"] = row.to(torch.uint8)
+        states.append(state)
+    return states
+
+
+def check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that change what is computed (all but :data:`RESUMABLE_CHANGES`)."""
+    differences = [
+        f"{key}={stored.get(key)!r} (now {value!r})"
+        for key, value in config.to_dict().items()
+        if key not in RESUMABLE_CHANGES and stored.get(key) != value
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{path}: incompatible with this run's settings: it was trained with {', '.join(differences)}"
+        )
