@@ -315,6 +315,8 @@ def visited(browser_context, server: str) -> dict[str, PageResult]:
                 "text_column_px": sorted({r.column_px for r in results.values() if r.column_px}),
                 "pages_with_elements_sticking_out": {p: len(r.sticks_out) for p, r in results.items() if r.sticks_out},
                 "pages_with_sideways_scrolling": {p: len(r.scrolls) for p, r in results.items() if r.scrolls},
+                # Every box at fault, for the page's author (the test's message shows the first 50).
+                "too_wide": {p: r.sticks_out + r.scrolls for p, r in results.items() if r.sticks_out or r.scrolls},
                 "seconds": round(seconds, 1),
             },
             indent=2,
