@@ -336,43 +336,52 @@ def test_code_lines_fit_the_column(path: Path) -> None:
              + ([f"... and {len(long) - 20} more"] if len(long) > 20 else []))
 
 
-def _object_lines(file: Path, dotted: str) -> tuple[int, int] | None:
-    """First and last line (1-based) of ``name`` or ``Class.method`` in a Python file, decorators included."""
-    nodes = ast.parse(file.read_text(encoding="utf-8")).body
-    node = None
-    for part in dotted.split("."):
-        node = next((n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                     and n.name == part), None)
-        if node is None:
-            return None
-        nodes = node.body
-    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    return first, node.end_lineno
-
-
 def shown_sources(path: Path) -> list[tuple[int, re.Match]]:
     return [(i, m) for i, c in markdown_cells(path) for m in directives("literalinclude", source(c))]
+
+
+_READER_OPTIONS = ("pyobject", "lines", "start-at", "start-after", "end-at", "end-before", "dedent")
+
+
+def shown_text(path: Path, include: re.Match) -> str:
+    """The text a ``literalinclude`` shows, selected as Sphinx selects it (pyobject, start/end, lines, dedent).
+
+    Raises ValueError naming what does not resolve (a missing file, a renamed object, a marker not found)."""
+    from types import SimpleNamespace
+
+    from sphinx.directives.code import LiteralIncludeReader
+
+    file = (path.parent / include.group("arg").strip()).resolve()
+    if not file.is_file():
+        raise ValueError(f"no file {include.group('arg').strip()}")
+    options: dict[str, object] = {}
+    for key in _READER_OPTIONS:
+        value = option(include, key)
+        if value is not None:
+            value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+            options[key] = int(value) if key == "dedent" and value else value
+    try:
+        text, _ = LiteralIncludeReader(str(file), options, SimpleNamespace(source_encoding="utf-8")).read()
+    except ValueError as error:  # Sphinx's messages: "Object named 'x' not found in include file", ...
+        raise ValueError(f"{file.name}: {error}") from None
+    return text
 
 
 @chapter
 def test_shown_sources_resolve_and_fit_the_column(path: Path) -> None:
     problems = []
     for index, include in shown_sources(path):
-        file = (path.parent / include.group("arg").strip()).resolve()
-        if not file.is_file():
-            problems.append(f"cell {index}: literalinclude of a missing file {include.group('arg').strip()}")
+        label = f"{include.group('arg').strip()}:{option(include, 'pyobject') or ''}"
+        try:
+            text = shown_text(path, include)
+        except ValueError as error:
+            problems.append(f"cell {index}: literalinclude {label} does not resolve: {error}")
             continue
-        lines = file.read_text(encoding="utf-8").splitlines()
-        span = (1, len(lines))
-        pyobject = option(include, "pyobject")
-        if pyobject:
-            span = _object_lines(file, pyobject)
-            if span is None:
-                problems.append(f"cell {index}: {file.name} has no `{pyobject}` (renamed?)")
-                continue
-        long = [n for n in range(span[0], span[1] + 1) if len(lines[n - 1]) > MAX_LINE]
+        lines = text.splitlines()
+        long = [n for n, line in enumerate(lines, start=1) if len(line) > MAX_LINE]
         if long:
-            problems.append(f"cell {index}: {file.name}:{pyobject or ''} lines {long} are longer than {MAX_LINE}")
+            problems.append(f"cell {index}: {label}: shown lines {long} (counted from the first line shown) are "
+                            f"longer than {MAX_LINE}, e.g. {lines[long[0] - 1].strip()[:60]!r}")
     fail(path, problems)
 
 
@@ -419,11 +428,14 @@ def test_the_book_shows_its_key_sources() -> None:
     shown: dict[str, str] = {}
     for path in CHAPTERS:
         for _, include in shown_sources(path):
-            file = (path.parent / include.group("arg").strip()).resolve()
             pyobject = option(include, "pyobject")
-            if file.is_file() and pyobject and (span := _object_lines(file, pyobject)):
-                text = "\n".join(file.read_text(encoding="utf-8").splitlines()[span[0] - 1: span[1]])
-                shown[f"{file.name}:{pyobject}"] = text
+            try:
+                text = shown_text(path, include)
+            except ValueError:
+                continue  # reported by test_shown_sources_resolve_and_fit_the_column
+            if pyobject:
+                name = f"{Path(include.group('arg').strip()).name}:{pyobject}"
+                shown[name] = shown.get(name, "") + text
     missing = [name for name in ("cell.py:gru_cell", "bptt.py:gru_cell_backward", "layer.py:GRU._scan_direction")
                if name not in shown]
     if not any("optimizer.step()" in text for text in shown.values()):
@@ -450,3 +462,15 @@ def test_the_frame_parsers_find_a_well_formed_exercise(tmp_path: Path) -> None:
     assert exercise["solution"]["class"] == "dropdown" and exercise["solution"]["end"] == 4
     assert [i for i, _ in exercise["solution"]["code"]] == [3]
     assert _only_glue_calls('glue("a", 1, display=False)\nglue("b", 2)') and not _only_glue_calls("x = 1")
+
+
+def test_shown_text_selects_what_sphinx_shows(tmp_path: Path) -> None:
+    """The line check reads the lines the page shows: the object, cut at the markers, dedented."""
+    (tmp_path / "lib.py").write_text("class A:\n    def f(self):\n        x = 1\n        return x\n\n"
+                                     "def g():\n    pass\n", encoding="utf-8")
+    text = '```{literalinclude} lib.py\n:pyobject: A.f\n:start-at: "x = 1"\n:dedent: 8\n```\n'
+    [include] = directives("literalinclude", text)
+    assert shown_text(tmp_path / "09_x.ipynb", include) == "x = 1\nreturn x\n"
+    [missing] = directives("literalinclude", "```{literalinclude} lib.py\n:pyobject: A.h\n```\n")
+    with pytest.raises(ValueError, match="A.h"):
+        shown_text(tmp_path / "09_x.ipynb", missing)
