@@ -20,8 +20,8 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
 - ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
   call (and after the C++ kernels unmap the buffers they keep for reuse) the kernel's high-water mark is
   reset (``/proc/self/clear_refs``, Linux), the call runs, and the increase of ``VmHWM`` over the resident
-  size before the call is recorded. ``MALLOC_MMAP_THRESHOLD_`` is fixed so that every large buffer is mapped
-  and unmapped (none hides in the heap between calls). This counts tensors, workspaces and allocator overhead
+  size before the call is recorded (:func:`gru_lib.memory.peak_rss_mb`). ``MALLOC_MMAP_THRESHOLD_`` is fixed
+  so that every large buffer is mapped and unmapped (none hides in the heap between calls). This counts tensors, workspaces and allocator overhead
   alike.
 
 Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-aten`` (the same
@@ -33,7 +33,7 @@ with ``torch.backends.mkldnn`` disabled, so its products go through ATen/MKL: wh
 from __future__ import annotations
 
 import contextlib
-import gc
+import functools
 import json
 import os
 import statistics
@@ -47,8 +47,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gru_lib import native
+from gru_lib import memory, native
 from gru_lib.errors import GruLibError
+from gru_lib.memory import peak_rss_mb
 from gru_lib.gemm import onednn_available, onednn_linear
 
 __all__ = [
@@ -291,6 +292,12 @@ def bench_shape(
     # The warm-up builds the C++ extension on first use, fills caches and touches first allocations.
     by_job = time_interleaved(jobs, repeats, device)
     times = {tuple(key.split("|")): values for key, values in by_job.items()}
+    return _shape_rows(shape, names, times, repeats)
+
+
+def _shape_rows(shape: Shape, names: Sequence[str], times: dict[tuple[str, ...], list[float]],
+                repeats: int) -> list[dict[str, object]]:
+    """One row per backend and mode from the timings ``times[(name, mode)]`` (module docstring)."""
     medians = {key: statistics.median(values) for key, values in times.items()}
     rows = []
     for name in names:
@@ -329,13 +336,6 @@ def bench_shape(
 # Peak memory, in a subprocess
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
 def _memory_probe(spec: str) -> None:
     """Subprocess entry: prints {mode: peak MB added by one call} as JSON (see the module docstring)."""
     args = json.loads(spec)
@@ -349,17 +349,15 @@ def _memory_probe(spec: str) -> None:
     peaks = {}
     for mode in MODES:
         _call(runner, x, mode)  # warm-up
-        gc.collect()
         native.release_cached_buffers()  # buffers kept for reuse would hide the call's own working set
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
-        before = _rss_kb("VmRSS")
-        _call(runner, x, mode)
-        peaks[mode] = (_rss_kb("VmHWM") - before) / 1024
+        extra, _ = peak_rss_mb(functools.partial(_call, runner, x, mode))
+        if extra is not None:
+            peaks[mode] = extra
     print(json.dumps(peaks))
 
 
 def measure_peak_memory(shape: Shape, backend: str, threads: int, device: torch.device) -> dict[str, float]:
-    if device.type != "cpu" or not Path("/proc/self/clear_refs").exists():
+    if device.type != "cpu" or not memory.measurable():
         return {}
     spec = json.dumps({"shape": asdict(shape), "backend": backend, "threads": threads, "device": str(device)})
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")

@@ -103,14 +103,8 @@ def gru_cell_backward(
     return CellGrads(grad_x, grad_h, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
 
 
-def gru_sequence_forward(
-    input: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-) -> GRUGates:
+def gru_sequence_forward(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                         bias_ih: Tensor | None = None, bias_hh: Tensor | None = None) -> GRUGates:
     """Run a single-layer reset-after GRU over ``input`` (T, B, D) from ``h0`` (B, H), saving what the backward
     needs: a :class:`GRUGates` whose fields are stacked over time, each (T, B, H). ``gates.h`` is the layer's
     output (``gates.h[-1]`` its final state), exactly as ``nn.GRU`` returns it."""

@@ -35,29 +35,15 @@ class GRUGates(NamedTuple):
     h: Tensor
 
 
-def gru_cell_gates(
-    x: Tensor,
-    h: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    *,
-    reset_after: bool = True,
-) -> GRUGates:
+def gru_cell_gates(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
+                   bias_hh: Tensor | None = None, *, reset_after: bool = True) -> GRUGates:
     """One GRU step, returning the gates too. ``x``: (..., D), ``h``: (..., H); weights (3H, D) and (3H, H)."""
     gi = F.linear(x, weight_ih, bias_ih)
     return gru_gates_from_projection(gi, h, weight_hh, bias_hh, reset_after=reset_after)
 
 
-def gru_gates_from_projection(
-    gi: Tensor,
-    h: Tensor,
-    weight_hh: Tensor,
-    bias_hh: Tensor | None = None,
-    *,
-    reset_after: bool = True,
-) -> GRUGates:
+def gru_gates_from_projection(gi: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, *,
+                              reset_after: bool = True) -> GRUGates:
     """One GRU step from the input's projection ``gi = W_ih x + b_ih`` (..., 3H), already computed.
 
     The input term does not depend on ``h``, so a layer computes it for every time step in one matrix product
@@ -82,14 +68,8 @@ def gru_gates_from_projection(
     return GRUGates(r, z, n, h_new)
 
 
-def gru_gate_trace(
-    input: Tensor,
-    h0: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-) -> GRUGates:
+def gru_gate_trace(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
+                   bias_hh: Tensor | None = None) -> GRUGates:
     """Run the cell over ``input`` (T, ..., D) from ``h0`` (..., H), keeping every step's gates: a
     :class:`GRUGates` whose fields are stacked over time, each (T, ..., H); ``h`` is the layer's output."""
     steps: list[GRUGates] = []
@@ -101,16 +81,19 @@ def gru_gate_trace(
     return GRUGates(*(torch.stack(field) for field in zip(*steps)))
 
 
-def gru_cell(
-    x: Tensor,
-    h: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    *,
-    reset_after: bool = True,
-) -> Tensor:
+def check_input(owner: str, input: Tensor, dims: tuple[int, int], input_size: int) -> bool:
+    """Check that ``input`` has ``dims[0]`` (unbatched) or ``dims[1]`` (batched) dimensions and ``input_size``
+    features; return whether it is batched. ``owner`` names the module in the ValueError."""
+    if input.dim() not in dims:
+        raise ValueError(f"{owner}: expected input to be {dims[0]}D or {dims[1]}D, got {input.dim()}D instead "
+                         f"({dims[0]}D: one unbatched sequence)")
+    if input.shape[-1] != input_size:
+        raise ValueError(f"{owner}: input has inconsistent input_size: got {input.shape[-1]}, expected {input_size}")
+    return input.dim() == dims[1]
+
+
+def gru_cell(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
+             bias_hh: Tensor | None = None, *, reset_after: bool = True) -> Tensor:
     """One GRU step: the new state ``h'`` (see the module docstring for the equations)."""
     return gru_cell_gates(x, h, weight_ih, weight_hh, bias_ih, bias_hh, reset_after=reset_after).h
 
@@ -170,13 +153,7 @@ class GRUCell(nn.Module):
         return text
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: expected input to be 1D or 2D, got {input.dim()}D instead")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"GRUCell: input has inconsistent input_size: got {input.shape[-1]}, expected {self.input_size}"
-            )
-        batched = input.dim() == 2
+        batched = check_input("GRUCell", input, (1, 2), self.input_size)
         expected_h = (input.shape[0], self.hidden_size) if batched else (self.hidden_size,)
         if hx is None:
             hx = input.new_zeros(expected_h)

@@ -24,7 +24,7 @@ from gru_lib.metrics import confusion_matrix
 from gru_lib.models import NewsClassifier
 from gru_lib.text import EncodedDataset, Vocab, collate_padded
 
-__all__ = ["predict_logits", "evaluate_model", "load_weights", "load_classifier"]
+__all__ = ["predict_logits", "evaluate_model", "load_weights", "classifier_from_record", "load_classifier"]
 
 
 @torch.no_grad()
@@ -91,6 +91,24 @@ def load_weights(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
     model.load_state_dict(weights)
 
 
+def classifier_from_record(record: dict[str, Any], weights: dict[str, Tensor], path: Path
+                           ) -> tuple[NewsClassifier, Vocab, TrainConfig]:
+    """The classifier a saved record describes (its ``vocab``, ``train_config`` and ``model_config`` entries,
+    as checkpoints and shipped models store them) with ``weights`` loaded; errors name ``path``."""
+    try:
+        vocab = Vocab.from_dict(record["vocab"])
+        config = TrainConfig.from_dict(record["train_config"])
+        model = NewsClassifier(**record["model_config"])
+    except (ValueError, TypeError, GruLibError) as error:
+        raise CheckpointError(f"{path}: incompatible configuration ({error})") from None
+    if model.embedding.num_embeddings != len(vocab):
+        raise CheckpointError(
+            f"{path}: the vocabulary has {len(vocab)} tokens but the embedding {model.embedding.num_embeddings} rows"
+        )
+    load_weights(model, weights, path)
+    return model, vocab, config
+
+
 def load_classifier(
     model_dir: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[NewsClassifier, Vocab, TrainConfig, dict[str, Any]]:
@@ -100,15 +118,5 @@ def load_classifier(
         raise CheckpointError(f"{model_dir}: not a directory (expected the --out directory of `train`)")
     path = checkpoint_path(model_dir)
     state = load_checkpoint(path, map_location=device)
-    try:
-        vocab = Vocab.from_dict(state["vocab"])
-        config = TrainConfig.from_dict(state["train_config"])
-        model = NewsClassifier(**state["model_config"])
-    except (ValueError, TypeError, GruLibError) as error:
-        raise CheckpointError(f"{path}: incompatible configuration ({error})") from None
-    if model.embedding.num_embeddings != len(vocab):
-        raise CheckpointError(
-            f"{path}: the vocabulary has {len(vocab)} tokens but the embedding {model.embedding.num_embeddings} rows"
-        )
-    load_weights(model, state["model"], path)
+    model, vocab, config = classifier_from_record(state, state["model"], path)
     return model.to(device).eval(), vocab, config, state

@@ -172,34 +172,9 @@ class GRU(nn.Module):
             # Padded, time-major, in the packed (sorted) order, with the lengths in that order.
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
         else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            unbatched = input.dim() == 2
-            if hx is not None and hx.dim() != (2 if unbatched else 3):
-                kind = "unbatched 2-D" if unbatched else "batched 3-D"
-                raise RuntimeError(
-                    f"GRU: for {kind} input, hx should also be {2 if unbatched else 3}-D "
-                    f"but got {hx.dim()}-D tensor"
-                )
-            self._check_input(input)
-            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-            if unbatched and hx is not None:
-                hx = hx.unsqueeze(1)
-            if x.size(0) == 0:
-                raise RuntimeError("GRU: Expected sequence length to be larger than 0 in RNN")
+            x, hx, unbatched = self._time_major(input, hx)
             sorted_indices = unsorted_indices = None
-
-        batch = x.size(1)
-        expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
-        if hx is None:
-            hx = x.new_zeros(expected)
-        else:
-            if tuple(hx.shape) != expected:
-                got = list(hx.shape[:1] + hx.shape[2:]) if unbatched else list(hx.shape)
-                want = (expected[0], expected[2]) if unbatched else expected
-                raise RuntimeError(f"GRU: Expected hidden size {want}, got {got}")
-            if sorted_indices is not None:
-                hx = hx.index_select(1, sorted_indices)
+        hx = self._initial_state(x, hx, unbatched, sorted_indices)
 
         layer_input = x
         finals = []
@@ -226,6 +201,35 @@ class GRU(nn.Module):
         if unbatched:
             return layer_input.squeeze(1), h_n.squeeze(1)
         return (layer_input.transpose(0, 1) if self.batch_first else layer_input), h_n
+
+    def _time_major(self, input: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:
+        """A padded input as (T, B, D), ``hx`` with a batch axis, and whether the input was unbatched."""
+        if input.dim() not in (2, 3):
+            raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        unbatched = input.dim() == 2
+        if hx is not None and hx.dim() != (2 if unbatched else 3):
+            kind = "unbatched 2-D" if unbatched else "batched 3-D"
+            raise RuntimeError(
+                f"GRU: for {kind} input, hx should also be {2 if unbatched else 3}-D but got {hx.dim()}-D tensor"
+            )
+        self._check_input(input)
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        if unbatched and hx is not None:
+            hx = hx.unsqueeze(1)
+        if x.size(0) == 0:
+            raise RuntimeError("GRU: Expected sequence length to be larger than 0 in RNN")
+        return x, hx, unbatched
+
+    def _initial_state(self, x: Tensor, hx: Tensor | None, unbatched: bool, sorted_indices: Tensor | None) -> Tensor:
+        """``hx`` checked (zeros when None), in the packed order when the input was packed."""
+        expected = (self.num_layers * self.num_directions, x.size(1), self.hidden_size)
+        if hx is None:
+            return x.new_zeros(expected)
+        if tuple(hx.shape) != expected:
+            got = list(hx.shape[:1] + hx.shape[2:]) if unbatched else list(hx.shape)
+            want = (expected[0], expected[2]) if unbatched else expected
+            raise RuntimeError(f"GRU: Expected hidden size {want}, got {got}")
+        return hx if sorted_indices is None else hx.index_select(1, sorted_indices)
 
     def _scan_direction(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gru_lib.cell import check_input
 from gru_lib.gemm import linear
 from gru_lib.scan import mingru_scan, mingru_sequential
 
@@ -86,13 +87,7 @@ class MinGRU(nn.Module):
         return mingru_scan(y, h, self.block_size)
 
     def forward(self, input: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if input.dim() not in (2, 3):
-            raise ValueError(f"MinGRU: expected input to be 2D (unbatched) or 3D, got {input.dim()}D instead")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"MinGRU: input has inconsistent input_size: got {input.shape[-1]}, expected {self.input_size}"
-            )
-        batched = input.dim() == 3
+        batched = check_input("MinGRU", input, (2, 3), self.input_size)
         x = input if batched else input.unsqueeze(1)
         if batched and self.batch_first:
             x = x.transpose(0, 1)

@@ -3,40 +3,25 @@ and one-line errors (exit 2, no traceback) for bad directories and bad checkpoin
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from synthetic_news import write_ag_news
+
 from gru_lib.cli import main
 from gru_lib.data import CLASSES
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_examples  # noqa: E402
 
 SMALL = ["--epochs", "3", "--embed-dim", "16", "--hidden-size", "16", "--batch-size", "8", "--lr", "0.03",
          "--dropout", "0.1", "--no-progress", "--threads", "1"]
 
 
-def write_split(path: Path, n: int, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\n")
-        for row in make_examples(n, seed):
-            writer.writerow([str(row.label + 1), row.title, row.description])
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_split(root / "ag_news" / "train.csv", 64, 0)
-    write_split(root / "ag_news" / "test.csv", 24, 1)
-    return root
+    return write_ag_news(tmp_path_factory.mktemp("data"), 64, 24)
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +123,3 @@ def test_bad_checkpoints_give_one_line_errors(how: str, message: str, trained: P
         assert main(argv) == 2
         line = _error_line(capsys)
         assert str(bad / "checkpoint.pt") in line and message in line, line
-
-
-def test_no_traceback_from_the_real_command_line(trained: Path, tmp_path: Path) -> None:
-    bad = _spoil(trained, tmp_path, "truncated")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "gru_lib", "predict", "--model", str(bad), "hello"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().startswith(f"error: {bad / 'checkpoint.pt'}: truncated or corrupted")

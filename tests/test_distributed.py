@@ -132,6 +132,7 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.subprocess
 def test_ddp_step_equals_single_process_step_on_concatenated_batch(ddp_results: list[dict]) -> None:
     model, optimizer = _fresh_model_and_optimizer()
     tokens, labels = _global_batch()
@@ -147,6 +148,7 @@ def test_ddp_step_equals_single_process_step_on_concatenated_batch(ddp_results: 
             torch.testing.assert_close(result["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.subprocess
 def test_metrics_all_reduce_to_global_counts(ddp_results: list[dict]) -> None:
     # Recompute the global count single-process from the state after the one step.
     model, _ = _fresh_model_and_optimizer()
@@ -158,12 +160,14 @@ def test_metrics_all_reduce_to_global_counts(ddp_results: list[dict]) -> None:
         assert result["counts"].tolist() == [correct, WORLD * PER_RANK]
 
 
+@pytest.mark.subprocess
 def test_uneven_batch_counts_finish_under_join_with_identical_replicas(ddp_results: list[dict]) -> None:
     # Reaching here means no deadlock; the replicas must still agree (gradients were all-reduced).
     for name, value in ddp_results[0]["after_join"].items():
         torch.testing.assert_close(ddp_results[1]["after_join"][name], value, msg=name)
 
 
+@pytest.mark.subprocess
 def test_gradient_buckets_match_ddp(ddp_results: list[dict]) -> None:
     for result in ddp_results:
         assert result["our_buckets"] == result["ddp_buckets"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from synthetic_news import write_ag_news
 
 from gru_lib.checkpoint import load_checkpoint
 from gru_lib.cli import main as cli_main
@@ -29,34 +30,13 @@ COMMON = [
     "--seed", "3", "--checkpoint-every", "4", "--threads", "1", "--no-progress",
 ]
 TIMEOUT = 120
-TOPICS = {
-    1: "election minister talks peace treaty parliament border",
-    2: "match goal season coach striker championship league",
-    3: "shares profit market quarter earnings investors stocks",
-    4: "software chip internet space research computer launch",
-}
-FILLER = "the a of in on and to for with new says after report".split()
-
-
-def _write_csv(path: Path, rows: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines = []
-    for i in range(rows):
-        label = i % 4 + 1
-        words = TOPICS[label].split()
-        title = " ".join(rng.choice(words + FILLER) for _ in range(rng.randint(3, 6)))
-        body = " ".join(rng.choice(words + FILLER + FILLER) for _ in range(rng.randint(4, 14)))
-        lines.append(f'"{label}","{title.title()}","{body}"\n')
-    path.write_text("".join(lines), encoding="utf-8")
+# Every test here runs the real command line in a subprocess or reads what such a run wrote.
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    (root / "ag_news").mkdir()
-    _write_csv(root / "ag_news" / "train.csv", 236, seed=1)  # 30 batches of 8 (the last one short)
-    _write_csv(root / "ag_news" / "test.csv", 40, seed=2)
-    return root
+    return write_ag_news(tmp_path_factory.mktemp("data"), 236, 40)  # 30 batches of 8 (the last one short)
 
 
 def _env(**extra: str) -> dict[str, str]:
