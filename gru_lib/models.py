@@ -17,6 +17,8 @@ and inside a padded batch (``tests/test_models.py`` checks it for every backend)
 Backends (the same ``state_dict`` names for the first three, PyTorch's ``rnn.weight_ih_l0`` ...):
 ``"torch"`` :class:`torch.nn.GRU`; ``"gru_lib"`` :class:`gru_lib.layer.GRU` (chapter 3); ``"fast"``
 :class:`gru_lib.fast.FastGRU` (chapter 6); ``"mingru"`` a stack of :class:`gru_lib.MinGRU` layers (chapter 7).
+For comparison (the interlude after chapter 3), the same packed interface around other cells: ``"rnn"``
+:class:`torch.nn.RNN` (tanh) and ``"lstm"`` :class:`torch.nn.LSTM` (which returns ``(output, (h_n, c_n))``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from gru_lib.mingru import MinGRU
 
 __all__ = ["BACKENDS", "POOLINGS", "ModelConfig", "NewsClassifier", "parse_pooling"]  # settings: gru_lib.config
 
-_GRU_CLASSES: dict[str, type[nn.Module]] = {"torch": nn.GRU, "gru_lib": GRU, "fast": FastGRU}
+_RECURRENT_CLASSES: dict[str, type[nn.Module]] = {
+    "torch": nn.GRU, "gru_lib": GRU, "fast": FastGRU, "rnn": nn.RNN, "lstm": nn.LSTM,
+}
+_GRU_BACKENDS: tuple[str, ...] = ("torch", "gru_lib", "fast")
 
 
 class _MinGRUStack(nn.Module):
@@ -112,7 +117,7 @@ class NewsClassifier(nn.Module):
         inter_layer = cfg.dropout if cfg.num_layers > 1 else 0.0
         if cfg.backend == "mingru":
             return _MinGRUStack(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, inter_layer)
-        return _GRU_CLASSES[cfg.backend](
+        return _RECURRENT_CLASSES[cfg.backend](
             cfg.embed_dim, cfg.hidden_size, num_layers=cfg.num_layers, batch_first=True, dropout=inter_layer,
             bidirectional=cfg.bidirectional,
         )
@@ -174,8 +179,9 @@ class NewsClassifier(nn.Module):
         """The gates of the first GRU layer's forward direction at each step of one text ``ids`` (T,):
         ``r``, ``z``, ``n`` and ``h``, each (T, H), computed with :func:`gru_lib.cell.gru_gate_trace` from the
         layer's own weights (``weight_ih_l0`` ...), in the model's current (usually eval) mode."""
-        if self.backend == "mingru":
-            raise ValueError("gate_trace: the mingru backend has no reset gate; use a GRU backend")
+        if self.backend not in _GRU_BACKENDS:
+            raise ValueError(f"gate_trace: the {self.backend} backend has no GRU gates; use one of "
+                             f"{', '.join(_GRU_BACKENDS)}")
         if ids.dim() != 1 or ids.numel() == 0:
             raise ValueError(f"gate_trace: expected the ids of one text, shape (T,) with T >= 1, got {tuple(ids.shape)}")
         x = self.embedding(ids.to(self.embedding.weight.device))

@@ -109,15 +109,33 @@ def test_config_rebuilds_the_model_and_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="pooling"):
         NewsClassifier(20, pooling="mean+median")
     with pytest.raises(ValueError, match="backend"):
-        NewsClassifier(20, backend="lstm")
+        NewsClassifier(20, backend="transformer")
     with pytest.raises(TypeError, match="hidden"):
         NewsClassifier(20, hidden=3)
 
 
-def test_gate_trace_rejects_mingru() -> None:
-    model = NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru")
-    with pytest.raises(ValueError, match="mingru"):
+@pytest.mark.parametrize("backend", ["mingru", "rnn", "lstm"])
+def test_gate_trace_rejects_cells_without_gru_gates(backend: str) -> None:
+    model = NewsClassifier(20, embed_dim=4, hidden_size=3, backend=backend)
+    with pytest.raises(ValueError, match=backend):
         model.gate_trace(torch.tensor([2, 3]))
+
+
+@pytest.mark.parametrize("backend,module,blocks", [("rnn", nn.RNN, 1), ("lstm", nn.LSTM, 4), ("torch", nn.GRU, 3)])
+def test_rnn_and_lstm_backends_are_the_torch_cells(backend: str, module: type, blocks: int) -> None:
+    """rnn / lstm hold nn.RNN / nn.LSTM: blocks x (H(D + H) + 2H) per direction, and the packed path computes
+    what the module computes on each text alone."""
+    torch.manual_seed(0)
+    model = NewsClassifier(30, embed_dim=5, hidden_size=4, backend=backend, pooling="last", dropout=0.0).eval()
+    assert type(model.rnn) is module and model.rnn.bidirectional and model.rnn.batch_first
+    assert sum(p.numel() for p in model.rnn.parameters()) == 2 * blocks * (4 * (5 + 4) + 2 * 4)
+    ids, lengths = _batch([5, 2, 4], 30, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        pooled = model.pool(model.sequence_outputs(ids, lengths), lengths)
+        for row, length in enumerate(lengths.tolist()):
+            _, state = model.rnn(model.embedding(ids[row, :length])[None])
+            h_n = state[0] if backend == "lstm" else state  # nn.LSTM: (h_n, c_n)
+            torch.testing.assert_close(pooled[row], torch.cat([h_n[0, 0], h_n[1, 0]]), atol=1e-6, rtol=1e-6)
 
 
 def test_word_dropout_replaces_tokens_by_unk_in_training_only() -> None:
