@@ -149,7 +149,8 @@ def _run_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            print(f"training on {len(train_rows):,} rows, evaluating on {len(test_rows):,} test rows "
+            held = f" ({config.val_fraction:.0%} of them held out for validation)" if config.val_fraction else ""
+            print(f"training on {len(train_rows):,} rows{held}, evaluating on {len(test_rows):,} test rows "
                   f"({ctx.world_size} process{'es' if ctx.world_size > 1 else ''}, {ctx.device})", flush=True)
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
@@ -162,7 +163,8 @@ def _run_train(args: argparse.Namespace) -> int:
             return 128 + signal.SIGTERM
         if ctx.is_main:
             _write_train_outputs(out, result, {
-                "train_rows": len(train_rows), "test_rows": len(test_rows), "processes": ctx.world_size,
+                "train_rows": result.extra["train_rows"], "validation_rows": result.extra["validation_rows"],
+                "test_rows": len(test_rows), "processes": ctx.world_size,
                 "wall_seconds": time.perf_counter() - started,
                 # CPU time of this process (training and evaluation, all threads): robust to a busy machine.
                 "cpu_seconds": time.process_time() - cpu_started,
@@ -186,6 +188,7 @@ def _write_train_outputs(out: Path, result: Any, run: dict[str, Any]) -> None:
         "train_seconds": result.train_seconds,
         "embedding_init_seconds": result.extra["init_seconds"],
         "history": [{k: v for k, v in h.items() if k != "eval"} for h in result.history],
+        "validation": result.extra["validation"],  # None without --val-fraction (each epoch scored the test rows)
         "test": result.report,
     }
     _write_json(out / "metrics.json", metrics)

@@ -100,6 +100,9 @@ class TrainConfig:
     min_freq: int = setting(1, "vocabulary: minimum count of a token in the training rows")
     max_vocab: int | None = setting(None, "vocabulary: maximum size, specials included (default: no limit)")
     clean_text: bool = setting(True, "repair AG News' HTML-entity debris before tokenizing")
+    val_fraction: float = setting(0.0, "hold out this fraction of each class's training rows (seeded) for the "
+                                  "per-epoch evaluation and score the test rows once, at the end (0: every "
+                                  "epoch is scored on the test rows)")
     # model
     model: ModelConfig = field(default_factory=ModelConfig)
     embedding_init: str = setting("ppmi", "ppmi: word vectors from the training rows' co-occurrences "
@@ -127,6 +130,7 @@ class TrainConfig:
             (self.max_len >= 1, "max_len must be >= 1"),
             (self.min_freq >= 1, "min_freq must be >= 1"),
             (self.max_vocab is None or self.max_vocab >= 3, "max_vocab must be >= 3"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (isinstance(self.model, ModelConfig), "model must be a ModelConfig"),
             (self.embedding_init in EMBEDDING_INITS, f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1,

@@ -7,6 +7,7 @@ The vocabulary comes from the training rows only (``min_freq``, ``max_vocab``); 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 
@@ -14,10 +15,34 @@ import torch
 
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample
+from gru_lib.errors import ConfigError
 from gru_lib.models import NewsClassifier
 from gru_lib.text import EncodedDataset, Vocab, numericalize, tokenize
 
-__all__ = ["tokenize_examples", "build_vocab", "encode_examples", "build_classifier"]
+__all__ = ["split_validation", "tokenize_examples", "build_vocab", "encode_examples", "build_classifier"]
+
+
+def split_validation(
+    examples: Sequence[NewsExample], fraction: float, seed: int
+) -> tuple[list[NewsExample], list[NewsExample]]:
+    """(training rows, validation rows): of each class's ``n`` rows, ``round(fraction * n)`` drawn with
+    ``random.Random(seed)`` are held out, so both parts keep the class proportions. Both keep the rows' order;
+    ``fraction == 0`` holds out nothing. A split that leaves either part empty is refused."""
+    if fraction <= 0:
+        return list(examples), []
+    by_class: dict[int, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_class.setdefault(example.label, []).append(index)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for label in sorted(by_class):
+        held.update(rng.sample(by_class[label], round(fraction * len(by_class[label]))))
+    kept = [e for i, e in enumerate(examples) if i not in held]
+    validation = [e for i, e in enumerate(examples) if i in held]
+    if not kept or not validation:
+        raise ConfigError(f"val_fraction {fraction}: {len(examples)} training rows split into {len(kept)} for "
+                          f"training and {len(validation)} for validation; both must be non-empty")
+    return kept, validation
 
 
 def tokenize_examples(examples: Sequence[NewsExample], config: TrainConfig) -> list[list[str]]:

@@ -47,7 +47,7 @@ from gru_lib.evaluate import evaluate_model, load_classifier, load_weights, pred
 from gru_lib.metrics import classification_report
 from gru_lib.models import NewsClassifier
 from gru_lib.precision import Precision, resolve_precision
-from gru_lib.prepare import build_classifier, build_vocab, encode_examples, tokenize_examples
+from gru_lib.prepare import build_classifier, build_vocab, encode_examples, split_validation, tokenize_examples
 from gru_lib.repro import seed_everything
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded
 from gru_lib.train_state import TrainState, check_resume_config, every_rank_rng
@@ -63,6 +63,7 @@ __all__ = [
     "optimization_step",
     "train_epoch",
     "evaluate_epoch",
+    "score",
     "make_optimizer",
     "lr_factor",
     # the data and evaluation helpers the chapters import from here (their homes: prepare, evaluate)
@@ -94,9 +95,10 @@ class TrainResult:
     vocab: Vocab
     config: TrainConfig
     history: list[dict[str, Any]]
-    report: dict[str, Any]  # classification_report on the evaluation set after the last epoch
+    report: dict[str, Any]  # classification_report on eval_examples after the last epoch
     train_seconds: float
     steps: int
+    # init_seconds; train_rows and validation_rows (val_fraction); validation: the last epoch's report on them
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -400,7 +402,9 @@ def train(
     handle_sigterm: bool = False,
     threads: int | None = None,
 ) -> TrainResult:
-    """Train a :class:`NewsClassifier` on ``train_examples``, evaluating on ``eval_examples`` every epoch.
+    """Train a :class:`NewsClassifier` on ``train_examples``, evaluating on ``eval_examples`` every epoch; or,
+    with ``config.val_fraction > 0``, evaluating every epoch on rows held out of ``train_examples``
+    (:func:`gru_lib.prepare.split_validation`) and on ``eval_examples`` once, at the end.
 
     ``out_dir``: where checkpoints go (none written when None); ``resume``: continue from its checkpoint.
     ``progress``: tqdm bars (default: only when stderr is a terminal); ``log``: one line per epoch (None:
@@ -415,7 +419,8 @@ def train(
     seed_everything(config.seed, threads=threads)
     say = log if (log is not None and ctx.is_main) else None
     show_bars = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
-    run = open_run(config, train_examples, eval_examples, ctx, out_dir=out_dir, resume=resume)
+    fit_rows, val_rows = split_validation(train_examples, config.val_fraction, config.seed)
+    run = open_run(config, fit_rows, val_rows or eval_examples, ctx, out_dir=out_dir, resume=resume)
     if resume and say:
         say(f"resuming from {run.checkpoint}: epoch {run.state.epoch + 1}, step {run.state.step}")
     with _StopFlag(handle_sigterm) as run.stop:
@@ -429,8 +434,19 @@ def train(
             if run.stop.requested and run.state.epoch < config.epochs:
                 raise run.interrupt(f"after epoch {run.state.epoch}")
     history = run.state.history
+    validation = history[-1]["eval"] if val_rows else None
     return TrainResult(
-        model=run.inner, vocab=run.vocab, config=config, history=history, report=history[-1]["eval"],
+        model=run.inner, vocab=run.vocab, config=config, history=history,
+        report=score(run, eval_examples) if val_rows else history[-1]["eval"],
         train_seconds=sum(h["seconds"] for h in history), steps=run.state.step,
-        extra={"init_seconds": run.init_seconds},
+        extra={"init_seconds": run.init_seconds, "train_rows": len(fit_rows), "validation_rows": len(val_rows),
+               "validation": validation},
     )
+
+
+def score(run: TrainingRun, examples: Sequence[NewsExample]) -> dict[str, Any]:
+    """The classification report of the run's model on ``examples`` (all ranks' shares counted)."""
+    dataset = encode_examples(examples, run.vocab, run.config)
+    cm, _ = evaluate_model(run.model, dataset, batch_size=run.config.eval_batch_size, ctx=run.ctx,
+                           pad_index=run.vocab.pad_index)
+    return classification_report(cm, CLASSES)

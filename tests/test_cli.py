@@ -53,6 +53,19 @@ def test_train_writes_its_outputs_and_prints_epochs(trained: Path) -> None:
     assert json.loads((trained / "config.json").read_text())["train"]["hidden_size"] == 16
 
 
+@pytest.mark.slow
+def test_train_with_a_validation_split_reports_both(data_dir: Path, tmp_path: Path, restore_threads: None) -> None:
+    out = tmp_path / "val"
+    assert main(["train", "--data", str(data_dir), "--out", str(out), *SMALL, "--epochs", "1",
+                 "--val-fraction", "0.25"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["train_rows"], metrics["validation_rows"], metrics["test_rows"]) == (48, 16, 24)
+    assert sum(map(sum, metrics["validation"]["confusion_matrix"])) == 16
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 24
+    assert metrics["history"][-1]["eval_accuracy"] == metrics["validation"]["accuracy"]
+    assert json.loads((out / "config.json").read_text())["train"]["val_fraction"] == 0.25
+
+
 def test_evaluate_json_is_one_object(trained: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--model", str(trained), "--data", str(data_dir), "--json"]) == 0
     out = capsys.readouterr().out

@@ -23,7 +23,7 @@ from gru_lib.text import Vocab
     ({"max_grad_norm": -1.0}, "max_grad_norm"), ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"precision": "fp8"}, "precision"), ({"checkpoint_every": -1}, "checkpoint_every"),
     ({"embedding_init": "glove"}, "embedding_init"), ({"hidden_size": 0}, "hidden_size"),
-    ({"dropout": 1.0}, "dropout"), ({"word_dropout": -0.1}, "word_dropout"), ({"backend": "lstm"}, "backend"),
+    ({"dropout": 1.0}, "dropout"), ({"word_dropout": -0.1}, "word_dropout"), ({"backend": "cudnn"}, "backend"),
     ({"pooling": "mean+median"}, "pooling"),
 ])
 def test_bad_settings_raise_one_line_naming_the_setting(settings: dict, culprit: str) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lib.checkpoint import checkpoint_path, load_checkpoint
-from gru_lib.data import NewsExample
-from gru_lib.errors import CheckpointError
 from synthetic_news import make_examples
 
+from gru_lib.checkpoint import checkpoint_path, load_checkpoint
+from gru_lib.data import NewsExample
+from gru_lib.errors import CheckpointError, GruLibError
+from gru_lib.prepare import split_validation
 from gru_lib.train import (
     NonFiniteLossError,
     TrainConfig,
@@ -158,3 +159,28 @@ def test_pre_tokenized_texts_give_the_same_vocab_and_ids() -> None:
     plain, given = encode_examples(rows, vocab, config), encode_examples(rows, vocab, config, tokens=tokens)
     assert given.ids == plain.ids and given.labels == plain.labels
     assert max(given.lengths) == 8
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint() -> None:
+    rows = make_examples(40, seed=5)
+    kept, held = split_validation(rows, 0.25, seed=3)
+    assert len(held) == 8 and all(sum(e.label == k for e in held) == 2 for k in range(4))
+    assert sorted(map(id, kept + held)) == sorted(map(id, rows))  # every row once
+    assert [rows.index(e) for e in held] == sorted(rows.index(e) for e in held)  # the rows' order is kept
+    assert split_validation(rows, 0.25, seed=3) == (kept, held)
+    assert split_validation(rows, 0.25, seed=4)[1] != held
+    assert split_validation(rows, 0.0, seed=3) == (rows, [])
+    with pytest.raises(GruLibError, match="val_fraction"):
+        split_validation(rows[:2], 0.1, seed=0)
+
+
+@pytest.mark.slow
+def test_validation_rows_score_every_epoch_and_the_test_rows_score_once() -> None:
+    result = train(tiny(epochs=2, val_fraction=0.25), TRAIN, TEST, log=None)
+    assert result.extra["train_rows"] == 48 and result.extra["validation_rows"] == 16
+    for row in result.history:
+        assert sum(map(sum, row["eval"]["confusion_matrix"])) == 16
+    assert result.extra["validation"] == result.history[-1]["eval"]
+    assert sum(map(sum, result.report["confusion_matrix"])) == len(TEST)
+    kept, _ = split_validation(TRAIN, 0.25, seed=0)
+    assert result.vocab == build_vocab(kept, tiny())  # the vocabulary never saw the validation rows
