@@ -23,7 +23,7 @@ export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup book test unit nbval book-strict notebooks clean
+.PHONY: setup book test unit nbval book-strict notebooks model clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ nbval: setup
 ## Re-execute every notebook in place (after changing code or data), so stored outputs match a fresh run.
 notebooks: setup
 	for nb in notebooks/*.ipynb; do echo "executing $$nb"; $(BIN)/jupyter-execute --inplace --timeout=1200 "$$nb"; done
+
+## The classifier that ships with the library (gru_lib/shipped_model) and the "Try it" page's copy of it
+## (book/_static/try_it): trained on the rows the loader finds (GRU_LIB_DATA, else the cache, downloading the full
+## split), then exported with its record (training command, data checksums and rows, test accuracy). One thread:
+## the model is small, a busy machine's cores slow several threads down, and the result is the same on any machine.
+SHIPPED_RUN := _build/shipped_run
+model: setup
+	rm -rf $(SHIPPED_RUN)
+	$(BIN)/python -m gru_lib train --out $(SHIPPED_RUN) --no-progress --threads 1 --embed-dim 48 \
+		--no-bidirectional --max-vocab 8000
+	$(BIN)/python -c 'from gru_lib.shipped import export_run; \
+		print(export_run("$(SHIPPED_RUN)", site_dir="book/_static/try_it"))'
 
 clean:
 	rm -rf _build
