@@ -73,9 +73,10 @@ def gru_cell_backward(
 ) -> CellGrads:
     """Backward of one reset-after GRU step (the equations in the module docstring).
 
-    ``grad_h_new`` = dL/dh' (B, H); ``x`` (B, D) and ``h`` (B, H) are the step's inputs; ``gates`` is what
-    :func:`gru_lib.cell.gru_cell_gates` returned for them (only r, z, n are used). ``g_hn = W_hn h + b_hn`` is
-    recomputed (one (B, H) x (H, H) product) rather than saved. Returns :class:`CellGrads`; the parameter
+    ``grad_h_new`` = dL/dh' (B, H); ``x`` (B, D) and ``h`` (B, H) are the step's
+    inputs; ``gates`` is what :func:`gru_lib.cell.gru_cell_gates` returned for them
+    (only r, z, n are used). ``g_hn = W_hn h + b_hn`` is recomputed (one (B, H) x
+    (H, H) product) rather than saved. Returns :class:`CellGrads`; the parameter
     gradients are summed over the batch.
     """
     hidden = h.shape[-1]
@@ -100,7 +101,9 @@ def gru_cell_backward(
     grad_weight_hh = dg_h2.T @ h.reshape(-1, hidden)
     grad_bias_ih = None if bias_ih is None else dg_i2.sum(0)
     grad_bias_hh = None if bias_hh is None else dg_h2.sum(0)
-    return CellGrads(grad_x, grad_h, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return CellGrads(
+        grad_x, grad_h, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    )
 
 
 def gru_sequence_forward(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -127,16 +130,21 @@ def gru_sequence_backward(
     bias_hh: Tensor | None,
     gates: GRUGates,
 ) -> SequenceGrads:
-    """BPTT for a single-layer GRU: the exact gradients of a loss that reads every output and the final state.
+    """BPTT for a single-layer GRU: the exact gradients of a loss that reads every
+    output and the final state.
 
-    ``grad_output`` (T, B, H) is dL/d output_t for every step (``None``: the loss ignores the outputs),
-    ``grad_h_n`` (B, H) is dL/dh_T (``None``: zero); ``gates`` is :func:`gru_sequence_forward`'s result for
-    ``input`` (T, B, D) and ``h0``. The backward walks t = T..1, carrying ``dh`` = dL/dh_t (its direct term plus
-    what flows back from step t+1) and summing the parameter gradients of every step.
+    ``grad_output`` (T, B, H) is dL/d output_t for every step (``None``: the loss
+    ignores the outputs), ``grad_h_n`` (B, H) is dL/dh_T (``None``: zero); ``gates``
+    is :func:`gru_sequence_forward`'s result for ``input`` (T, B, D) and ``h0``. The
+    backward walks t = T..1, carrying ``dh`` = dL/dh_t (its direct term plus what
+    flows back from step t+1) and summing the parameter gradients of every step.
     """
     steps = input.shape[0]
     if gates.h.shape[0] != steps:
-        raise ValueError(f"gru_sequence_backward: gates cover {gates.h.shape[0]} steps, input has {steps}")
+        raise ValueError(
+            f"gru_sequence_backward: gates cover {gates.h.shape[0]} steps, "
+            f"input has {steps}"
+        )
     dh = torch.zeros_like(h0) if grad_h_n is None else grad_h_n.clone()
     grad_input = torch.empty_like(input)
     grad_weight_ih = torch.zeros_like(weight_ih)
@@ -148,7 +156,9 @@ def gru_sequence_backward(
             dh = dh + grad_output[t]
         h_prev = h0 if t == 0 else gates.h[t - 1]
         step_gates = GRUGates(gates.r[t], gates.z[t], gates.n[t], gates.h[t])
-        g = gru_cell_backward(dh, input[t], h_prev, weight_ih, weight_hh, bias_ih, bias_hh, step_gates)
+        g = gru_cell_backward(
+            dh, input[t], h_prev, weight_ih, weight_hh, bias_ih, bias_hh, step_gates
+        )
         grad_input[t] = g.grad_x
         grad_weight_ih += g.grad_weight_ih
         grad_weight_hh += g.grad_weight_hh
@@ -157,4 +167,6 @@ def gru_sequence_backward(
         if grad_bias_hh is not None:
             grad_bias_hh += g.grad_bias_hh
         dh = g.grad_h
-    return SequenceGrads(grad_input, dh, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh)
+    return SequenceGrads(
+        grad_input, dh, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh
+    )

@@ -35,19 +35,37 @@ class GRUGates(NamedTuple):
     h: Tensor
 
 
-def gru_cell_gates(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-                   bias_hh: Tensor | None = None, *, reset_after: bool = True) -> GRUGates:
-    """One GRU step, returning the gates too. ``x``: (..., D), ``h``: (..., H); weights (3H, D) and (3H, H)."""
+def gru_cell_gates(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> GRUGates:
+    """One GRU step, returning the gates too.
+
+    ``x``: (..., D), ``h``: (..., H); weights (3H, D) and (3H, H), gate rows r|z|n.
+    """
     gi = F.linear(x, weight_ih, bias_ih)
     return gru_gates_from_projection(gi, h, weight_hh, bias_hh, reset_after=reset_after)
 
 
-def gru_gates_from_projection(gi: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, *,
-                              reset_after: bool = True) -> GRUGates:
-    """One GRU step from the input's projection ``gi = W_ih x + b_ih`` (..., 3H), already computed.
+def gru_gates_from_projection(
+    gi: Tensor,
+    h: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> GRUGates:
+    """One GRU step from the input's projection ``gi = W_ih x + b_ih`` (..., 3H).
 
-    The input term does not depend on ``h``, so a layer computes it for every time step in one matrix product
-    and only the recurrent half, below, stays inside the loop over time.
+    The input term does not depend on ``h``, so a layer computes it for every time
+    step in one matrix product and only the recurrent half, below, stays inside the
+    loop over time.
     """
     gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
     if reset_after:
@@ -57,7 +75,7 @@ def gru_gates_from_projection(gi: Tensor, h: Tensor, weight_hh: Tensor, bias_hh:
         n = torch.tanh(gi_n + r * gh_n)
     else:
         hidden = h.shape[-1]
-        # r and z use the first 2H rows of W_hh exactly as above; only the candidate differs.
+        # r and z use the first 2H rows of W_hh as above; only the candidate differs.
         b_rz = None if bias_hh is None else bias_hh[: 2 * hidden]
         gh_r, gh_z = F.linear(h, weight_hh[: 2 * hidden], b_rz).chunk(2, dim=-1)
         r = torch.sigmoid(gi_r + gh_r)
@@ -92,10 +110,21 @@ def check_input(owner: str, input: Tensor, dims: tuple[int, int], input_size: in
     return input.dim() == dims[1]
 
 
-def gru_cell(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
-             bias_hh: Tensor | None = None, *, reset_after: bool = True) -> Tensor:
-    """One GRU step: the new state ``h'`` (see the module docstring for the equations)."""
-    return gru_cell_gates(x, h, weight_ih, weight_hh, bias_ih, bias_hh, reset_after=reset_after).h
+def gru_cell(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    *,
+    reset_after: bool = True,
+) -> Tensor:
+    """One GRU step: the new state ``h'`` (the module docstring has the equations)."""
+    gates = gru_cell_gates(
+        x, h, weight_ih, weight_hh, bias_ih, bias_hh, reset_after=reset_after
+    )
+    return gates.h
 
 
 class GRUCell(nn.Module):

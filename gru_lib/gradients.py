@@ -66,9 +66,10 @@ def make_gru_explosive_(weight_hh: Tensor, bias_hh: Tensor, *, gain: float = 6.0
 
     Multiplies every recurrent weight (``W_hh``, all of r|z|n) by ``gain`` and sets the update gate's recurrent
     bias ``b_hz`` to ``update_bias``. With ``update_bias = -5`` the update gate stays near ``z = 0``: every step
-    takes the candidate (``h' ~ n``) and the GRU behaves like a tanh RNN whose recurrent matrix is ``r * W_hn``;
-    with ``gain = 6`` that matrix has spectral radius ~ ``6/sqrt(3)`` > 1 and the dynamics are chaotic, so
-    ``||dL/dh_0||`` grows exponentially with T. Works on ``GRUCell`` (``weight_hh``, ``bias_hh``) and
+    takes the candidate (``h' ~ n``) and the GRU behaves like a tanh RNN whose recurrent matrix is ``r * W_hn``.
+    Scaling ``W_hn`` by ``gain`` scales its spectral radius by the same factor, but the step Jacobian also
+    carries the gates and the tanh slope ``(1 - z)(1 - n^2) r``, which shrink it: chapter 2 measures its radius
+    (above 1 at ``gain = 6``) and the resulting growth of ``||dL/dh_0||`` per step, exponential in T. Works on ``GRUCell`` (``weight_hh``, ``bias_hh``) and
     ``nn.GRU``/``gru_lib.GRU`` (``weight_hh_l0``, ``bias_hh_l0``) parameters alike.
     """
     hidden = weight_hh.shape[1]

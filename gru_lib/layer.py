@@ -243,14 +243,17 @@ class GRU(nn.Module):
         reverse: bool,
     ) -> tuple[Tensor, Tensor]:
         """One layer, one direction, over a time-major padded batch.
-        x: (T, B, D_in); h0: (B, H); lengths: (B,) int64 tensor on the CPU (any order), or None = all T.
-        Returns output (T, B, H), zero at steps t >= lengths[b], and h_n (B, H): the state after each sequence's
-        last valid step (forward), or after step 0 (reverse; the reverse direction reads each sequence
-        backwards from its own last valid step)."""
+
+        x: (T, B, D_in); h0: (B, H); lengths: (B,) int64 CPU tensor (any order), or
+        None = all T. Returns output (T, B, H), zero at steps t >= lengths[b], and h_n
+        (B, H): the state after each sequence's last valid step (forward), or after
+        step 0 (reverse, which reads each sequence backwards from its own last valid
+        step)."""
         steps = x.size(0)
-        # W_ih x_t + b_ih does not depend on h: one matrix product for all steps, outside the loop.
-        # unbind, not gi[t]: autograd's backward of each gi[t] would write a full-size (T, B, 3H) zero gradient,
-        # T times over; unbind's backward stacks the step gradients once.
+        # W_ih x_t + b_ih does not depend on h: one product for all steps, outside
+        # the loop. unbind, not gi[t]: autograd's backward of each gi[t] would write a
+        # full-size (T, B, 3H) zero gradient, T times over; unbind's backward stacks
+        # the step gradients once.
         gi = F.linear(x, weight_ih, bias_ih).unbind(0)
         valid = _valid_mask(lengths, steps, x.device)
         padded = None if valid is None else ~valid
@@ -262,7 +265,8 @@ class GRU(nn.Module):
                 h = h_step
                 outputs[t] = h
             else:
-                # Reverse: the steps t >= lengths[b] come first and leave h0 untouched until the sequence starts.
+                # Reverse: the steps t >= lengths[b] come first and leave h0
+                # untouched until the sequence starts.
                 h = torch.where(valid[t], h_step, h)
                 outputs[t] = h.masked_fill(padded[t], 0.0)
         return torch.stack(outputs), h

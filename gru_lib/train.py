@@ -216,14 +216,19 @@ class TrainingRun:
                                    "with --resume", self.checkpoint)
 
 
-def optimization_step(run: TrainingRun, ids: Tensor, lengths: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """One step on one batch: forward, loss, backward, clipping, optimiser step, schedule. Under fp16 the
-    scaler multiplies the loss by S before backward and unscales the gradients before clipping; it skips the
-    step when a gradient is inf/NaN. Returns the (detached) loss and logits."""
+def optimization_step(
+    run: TrainingRun, ids: Tensor, lengths: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One step on one batch: forward, loss, backward, clipping, optimiser step,
+    schedule. Under fp16 the scaler multiplies the loss by S before backward and
+    unscales the gradients before clipping; it skips the step when a gradient is
+    inf/NaN. Returns the (detached) loss and logits."""
     optimizer, scaler, config = run.optimizer, run.scaler, run.config
     with run.precision.autocast():
         logits = run.model(ids, lengths)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    loss = F.cross_entropy(
+        logits.float(), labels, label_smoothing=config.label_smoothing
+    )
     run.check_loss(loss)  # a non-finite loss stops every rank before the step
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -402,16 +407,19 @@ def train(
     handle_sigterm: bool = False,
     threads: int | None = None,
 ) -> TrainResult:
-    """Train a :class:`NewsClassifier` on ``train_examples``, evaluating on ``eval_examples`` every epoch; or,
-    with ``config.val_fraction > 0``, evaluating every epoch on rows held out of ``train_examples``
-    (:func:`gru_lib.prepare.split_validation`) and on ``eval_examples`` once, at the end.
+    """Train a :class:`NewsClassifier` on ``train_examples``, evaluating on
+    ``eval_examples`` every epoch; or, with ``config.val_fraction > 0``, evaluating
+    every epoch on rows held out of ``train_examples``
+    (:func:`gru_lib.prepare.split_validation`) and on ``eval_examples`` once, at the
+    end.
 
-    ``out_dir``: where checkpoints go (none written when None); ``resume``: continue from its checkpoint.
-    ``progress``: tqdm bars (default: only when stderr is a terminal); ``log``: one line per epoch (None:
-    silent); ``on_step(step, model)``: called after each optimisation step (tests, notebooks);
-    ``handle_sigterm``: SIGTERM saves a checkpoint and raises :class:`TrainingInterrupted`; ``threads``: the
-    intra-op thread count to set (default: leave it). The model and batches live on ``ctx.device``.
-    Returns the model (unwrapped), vocab, history and report.
+    ``out_dir``: where checkpoints go (none written when None); ``resume``: continue
+    from its checkpoint. ``progress``: tqdm bars (default: only when stderr is a
+    terminal); ``log``: one line per epoch (None: silent); ``on_step(step, model)``:
+    called after each optimisation step (tests, notebooks); ``handle_sigterm``:
+    SIGTERM saves a checkpoint and raises :class:`TrainingInterrupted`; ``threads``:
+    the intra-op thread count to set (default: leave it). The model and batches live
+    on ``ctx.device``. Returns the model (unwrapped), vocab, history and report.
     """
     ctx = ctx or DistContext()
     if not train_examples or not eval_examples:
@@ -420,9 +428,12 @@ def train(
     say = log if (log is not None and ctx.is_main) else None
     show_bars = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
     fit_rows, val_rows = split_validation(train_examples, config.val_fraction, config.seed)
-    run = open_run(config, fit_rows, val_rows or eval_examples, ctx, out_dir=out_dir, resume=resume)
+    run = open_run(
+        config, fit_rows, val_rows or eval_examples, ctx, out_dir=out_dir, resume=resume
+    )
     if resume and say:
-        say(f"resuming from {run.checkpoint}: epoch {run.state.epoch + 1}, step {run.state.step}")
+        state = run.state
+        say(f"resuming from {run.checkpoint}: epoch {state.epoch + 1}, step {state.step}")
     with _StopFlag(handle_sigterm) as run.stop:
         while run.state.epoch < config.epochs:
             train_epoch(run, on_step=on_step, progress=show_bars)
@@ -439,8 +450,8 @@ def train(
         model=run.inner, vocab=run.vocab, config=config, history=history,
         report=score(run, eval_examples) if val_rows else history[-1]["eval"],
         train_seconds=sum(h["seconds"] for h in history), steps=run.state.step,
-        extra={"init_seconds": run.init_seconds, "train_rows": len(fit_rows), "validation_rows": len(val_rows),
-               "validation": validation},
+        extra={"init_seconds": run.init_seconds, "train_rows": len(fit_rows),
+               "validation_rows": len(val_rows), "validation": validation},
     )
 
 
