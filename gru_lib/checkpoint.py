@@ -20,19 +20,27 @@ archive's CRC-32 of every record, so corruption anywhere in the file, tensor dat
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import random
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gru_lib.errors import CheckpointError
+from gru_lib.errors import CheckpointError, GruLibError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs there are not locked (see run_dir_lock)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -42,6 +50,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
+    "check_run_dir",
+    "run_dir_lock",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -57,6 +67,81 @@ _SLEEP_ENV = "GRU_LIB_CHECKPOINT_SLEEP"
 def checkpoint_path(directory: str | Path) -> Path:
     """The latest checkpoint of a run directory (``--out`` of ``train``, ``--model`` of ``evaluate``)."""
     return Path(directory) / CHECKPOINT_NAME
+
+
+LOCK_NAME = ".gru_lib.lock"
+
+
+def _own_scratch(name: str) -> bool:
+    """The lock file and the temporary files of atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``)."""
+    return name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_run_dir(out: str | Path, *, resume: bool, flag: str = "--out") -> Path:
+    """Refuse, before anything is written, a run directory whose files a run would overwrite.
+
+    The contract: without ``resume`` the directory is new or holds nothing but this tool's own scratch files
+    (its lock and temporary files); a directory this tool wrote holds its checkpoint (the format marker
+    checked on loading), and continuing it takes ``resume``, which needs that checkpoint. So a user's own
+    ``config.json`` or ``metrics.json`` is never overwritten. ``""`` (the current directory) and an existing
+    non-directory are refused too. Raises :class:`GruLibError` naming ``flag`` and the directory."""
+    if not str(out).strip():
+        raise GruLibError(f"{flag} '': empty path (name a new or empty directory)")
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GruLibError(f"{flag} {out}: exists and is not a directory")
+    if resume or not path.exists():
+        return path
+    if checkpoint_path(path).exists():
+        raise GruLibError(f"{flag} {out} already holds a checkpoint: pass --resume to continue it, "
+                          "or choose another directory")
+    others = sorted(name for name in os.listdir(path) if not _own_scratch(name))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise GruLibError(f"{flag} {out}: directory is not empty ({shown}); train writes only into a new or "
+                          "empty directory, or one it wrote with --resume")
+    return path
+
+
+@contextlib.contextmanager
+def run_dir_lock(directory: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Create ``directory`` and hold an advisory lock on its :data:`LOCK_NAME` while the block runs, so two
+    runs never write into one directory; a second run fails at once with :class:`GruLibError` naming the
+    directory. Creating the lock also proves the directory writable before any work is done (an
+    :class:`OSError` here is the caller's to word). The lock file is removed on release; a run that finds a
+    lock file replaced after locking it (another run released and removed it meanwhile) retries. Where
+    ``fcntl`` does not exist (Windows) nothing is locked."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_NAME
+    if fcntl is None:
+        yield directory
+        return
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise GruLibError(f"{flag} {directory}: another run is writing into this directory "
+                              f"(it holds {lock}); wait for it or choose another directory") from None
+        try:
+            same = os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield directory
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -85,6 +170,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         if delay > 0:
             time.sleep(delay)
         os.replace(tmp, path)
+    except OSError as error:  # torch.save's ENOSPC names no file: name the one being written
+        tmp.unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -4,15 +4,23 @@ Commands: ``data`` (check AG News), ``train``, ``evaluate``, ``predict`` (the cl
 ``bench`` (the GRU backends, chapter 6); :func:`bench_classifier_args` parses ``python -m
 gru_lib.bench_classifier``. The ``train`` flags are made from the fields of :class:`gru_lib.config.TrainConfig`
 and :class:`gru_lib.config.ModelConfig` (``hidden_size`` -> ``--hidden-size``, help and choices from each
-field's metadata, booleans as ``--x/--no-x``), so the flags and their defaults have one home. A
-:class:`GruLibError` becomes one line on stderr and exit status 2.
+field's metadata, booleans as ``--x/--no-x``), so the flags and their defaults have one home.
+
+Every failure is one line on stderr and exit status 2, no traceback: a :class:`GruLibError`, a usage
+mistake (flags are checked as they are parsed: devices, thread counts, batch sizes) and any
+:class:`OSError`, worded in one place (:func:`gru_lib.errors.describe_os_error`: "no space left on device",
+"permission denied"). A closed stdout (``predict ... | head -1``) ends quietly. ``train --out`` must be new or
+empty, or hold a checkpoint and be given with ``--resume``, and one run at a time holds it
+(:func:`gru_lib.checkpoint.check_run_dir`, :func:`gru_lib.checkpoint.run_dir_lock`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -23,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from gru_lib.config import ModelConfig, TrainConfig
-from gru_lib.errors import CheckpointError, GruLibError
+from gru_lib.errors import CheckpointError, ConfigError, GruLibError, describe_os_error
 
 __all__ = ["main", "build_parser", "config_flags", "config_from_args", "bench_classifier_args"]
 
+SEED_MAX = 2**32 - 1
 _DATA_HELP = "directory holding ag_news/ (default: $GRU_LIB_DATA or the user cache, downloading)"
 
 
@@ -42,6 +51,41 @@ def config_flags() -> dict[str, tuple[str, dataclasses.Field, Any]]:
             if "help" in item.metadata:
                 flags[item.name] = ("--" + item.name.replace("_", "-"), item, hints[item.name])
     return flags
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (thread counts, batch sizes, repeats)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device these commands run on (cpu, or cuda when CUDA is available)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (use cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: this command runs on cpu or cuda only")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr (exit 2), like every other error of the command line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def _scalar(kind: Any) -> type:
@@ -66,7 +110,10 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     """The configuration the flags give: the flags set on the command line over ``base`` (a stored
     configuration, when resuming) over the defaults."""
     given = {name: getattr(args, name) for name in config_flags() if getattr(args, name, None) is not None}
-    return TrainConfig.from_dict({**(base or {}), **given})
+    config = TrainConfig.from_dict({**(base or {}), **given})
+    if not 0 <= config.seed <= SEED_MAX:  # what NumPy and torch.manual_seed both accept
+        raise ConfigError(f"--seed {config.seed}: must be in 0..{SEED_MAX}")
+    return config
 
 
 # ---------------------------------------------------------------------------------------- train, evaluate, predict
@@ -97,25 +144,24 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "config.json, vocab.json and metrics.json into --out. The defaults are the book's recommended settings.",
     )
     parser.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory: new or empty (created if missing), or a run's with --resume")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--train-rows", type=int, default=None, metavar="N",
                         help="train on the first N training rows only (default: all)")
     _add_config_flags(parser)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--device", type=_device, default=None,
+                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_train)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from gru_lib.checkpoint import checkpoint_path, load_checkpoint
+    from gru_lib.checkpoint import check_run_dir, checkpoint_path, load_checkpoint
 
-    path = checkpoint_path(args.out)
+    path = checkpoint_path(check_run_dir(args.out, resume=args.resume))
     if not args.resume:
-        if path.exists():
-            raise GruLibError(f"--out {args.out} already holds a checkpoint: pass --resume to continue it, "
-                              "or choose another directory")
         return config_from_args(args)
     if not path.exists():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
@@ -139,39 +185,49 @@ def _rows(args: argparse.Namespace, split: str) -> list:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from gru_lib.checkpoint import run_dir_lock
     from gru_lib.distributed import cleanup, init_distributed
-    from gru_lib.train import TrainingInterrupted, train
 
     config = _train_config(args)
     ctx = init_distributed(device=args.device)
     try:
         train_rows, test_rows = _rows(args, "train"), _rows(args, "test")
-        out = Path(args.out)
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            held = f" ({config.val_fraction:.0%} of them held out for validation)" if config.val_fraction else ""
-            print(f"training on {len(train_rows):,} rows{held}, evaluating on {len(test_rows):,} test rows "
-                  f"({ctx.world_size} process{'es' if ctx.world_size > 1 else ''}, {ctx.device})", flush=True)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        try:
-            result = train(config, train_rows, test_rows, out_dir=out, resume=args.resume, ctx=ctx,
-                           progress=False if args.no_progress else None, log=_print_flushed, handle_sigterm=True,
-                           threads=args.threads)
-        except TrainingInterrupted as stopped:
-            if ctx.is_main:
-                print(f"interrupted: {stopped}", file=sys.stderr, flush=True)
-            return 128 + signal.SIGTERM
-        if ctx.is_main:
-            _write_train_outputs(out, result, {
-                "train_rows": result.extra["train_rows"], "validation_rows": result.extra["validation_rows"],
-                "test_rows": len(test_rows), "processes": ctx.world_size,
-                "wall_seconds": time.perf_counter() - started,
-                # CPU time of this process (training and evaluation, all threads): robust to a busy machine.
-                "cpu_seconds": time.process_time() - cpu_started,
-            })
-        return 0
+        out = Path(args.out).expanduser()
+        with contextlib.ExitStack() as stack:
+            if ctx.is_main:  # one run per directory; also proves --out writable before training starts
+                stack.enter_context(run_dir_lock(out))
+            return _train_and_write(args, config, ctx, out, train_rows, test_rows)
     finally:
         cleanup(ctx)
+
+
+def _train_and_write(args: argparse.Namespace, config: TrainConfig, ctx: Any, out: Path, train_rows: list,
+                     test_rows: list) -> int:
+    """Train, then (main process) write config.json, vocab.json and metrics.json into ``out``."""
+    from gru_lib.train import TrainingInterrupted, train
+
+    if ctx.is_main:
+        held = f" ({config.val_fraction:.0%} of them held out for validation)" if config.val_fraction else ""
+        print(f"training on {len(train_rows):,} rows{held}, evaluating on {len(test_rows):,} test rows "
+              f"({ctx.world_size} process{'es' if ctx.world_size > 1 else ''}, {ctx.device})", flush=True)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        result = train(config, train_rows, test_rows, out_dir=out, resume=args.resume, ctx=ctx,
+                       progress=False if args.no_progress else None, log=_print_flushed, handle_sigterm=True,
+                       threads=args.threads)
+    except TrainingInterrupted as stopped:
+        if ctx.is_main:
+            print(f"interrupted: {stopped}", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    if ctx.is_main:
+        _write_train_outputs(out, result, {
+            "train_rows": result.extra["train_rows"], "validation_rows": result.extra["validation_rows"],
+            "test_rows": len(test_rows), "processes": ctx.world_size,
+            "wall_seconds": time.perf_counter() - started,
+            # CPU time of this process (training and evaluation, all threads): robust to a busy machine.
+            "cpu_seconds": time.process_time() - cpu_started,
+        })
+    return 0
 
 
 def _print_flushed(message: str) -> None:
@@ -205,8 +261,8 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
     parser.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--batch-size", type=int, default=256, help="texts per batch (default: 256)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="texts per batch (default: 256)")
+    parser.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -244,7 +300,7 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="the --out directory of `train`")
     parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(func=_run_predict)
 
 
@@ -253,6 +309,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     from gru_lib.evaluate import load_classifier, predict_logits
     from gru_lib.text import numericalize
 
+    blank = [i for i, text in enumerate(args.texts, 1) if not text.strip()]
+    if blank:
+        raise GruLibError(f"TEXT {blank[0]}: empty or only whitespace (give the text to classify)")
     model, vocab, config, _ = load_classifier(args.model, device=args.device)
     ids = numericalize(args.texts, vocab, max_len=config.max_len, clean=config.clean_text)
     probs = predict_logits(model, ids, pad_index=vocab.pad_index).softmax(dim=1)
@@ -303,11 +362,11 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=_int_list, help="override the swept batch sizes")
     parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
     parser.add_argument("--backends", default=",".join(bench.BACKENDS), help="comma-separated (default: all)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians (default 5)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="interleaved rounds; medians (default 5)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory", choices=("none", "base", "all"), default="base",
                         help="peak-memory probes: none, the base shape only (default), every shape")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="directory for bench.csv and plots")
     parser.set_defaults(func=_run_bench)
 
@@ -334,13 +393,23 @@ def bench_classifier_args(argv: Sequence[str] | None = None, description: str | 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m gru_lib", description="The GRU book's library: train, evaluate, predict, bench."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_data_parser, _add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_bench_parser):
         add(subparsers)
     return parser
+
+
+def _end_quietly() -> int:
+    """The reader of stdout went away (``predict ... | head -1``): stop without a word, status 128 + SIGPIPE.
+    stdout is pointed at /dev/null so that the interpreter's last flush does not complain."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (captured): nothing will flush into the broken pipe
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,6 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GruLibError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _end_quietly()
+    except OSError as error:  # the one place OS errors become words (gru_lib.errors.describe_os_error)
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

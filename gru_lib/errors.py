@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["GruLibError", "ConfigError", "DataError", "CheckpointError"]
+import errno
+
+__all__ = ["GruLibError", "ConfigError", "DataError", "CheckpointError", "describe_os_error"]
 
 
 class GruLibError(Exception):
@@ -19,3 +21,29 @@ class DataError(GruLibError):
 
 class CheckpointError(GruLibError):
     """A checkpoint is missing, truncated, corrupted or incompatible; the message names the file."""
+
+
+# errno -> what the user reads; anything else falls back to the OS's own wording (strerror).
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied (operation not permitted)",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EEXIST: "already exists",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an :class:`OSError`: the file it names (when it names one) and what is wrong, in words
+    (``ENOSPC`` -> "no space left on device", ``EACCES``/``EPERM`` -> "permission denied", ...). The command
+    line turns every OSError into this line (exit 2), so this is the one place that words them."""
+    reason = _OS_REASONS.get(error.errno or -1) or (error.strerror or str(error) or type(error).__name__)
+    names = [str(name) for name in (error.filename, error.filename2) if name not in (None, "")]
+    where = " -> ".join(names)
+    return f"{where}: {reason}" if where else reason

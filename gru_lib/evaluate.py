@@ -24,7 +24,8 @@ from gru_lib.metrics import confusion_matrix
 from gru_lib.models import NewsClassifier
 from gru_lib.text import EncodedDataset, Vocab, collate_padded
 
-__all__ = ["predict_logits", "evaluate_model", "load_weights", "classifier_from_record", "load_classifier"]
+__all__ = ["predict_logits", "evaluate_model", "check_weights", "load_weights", "classifier_from_record",
+           "load_classifier"]
 
 
 @torch.no_grad()
@@ -73,13 +74,15 @@ def evaluate_model(
     return cm, float(totals[-1]) / max(1, int(cm.sum()))
 
 
-def load_weights(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """``model.load_state_dict(weights)``, refusing (naming ``path``) missing, unexpected or misshapen ones."""
+def check_weights(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
+    """Refuse (naming ``path``) weights that ``model`` (which may live on the ``meta`` device: nothing is
+    allocated) cannot take: missing, unexpected or misshapen ones, non-floating tensors where the model has
+    floating ones, and NaN or infinite values."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     mismatched = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
+        f"{k} {tuple(getattr(weights[k], 'shape', ()))} vs {tuple(expected[k].shape)}"
         for k in expected
         if k in weights and (not isinstance(weights[k], Tensor) or weights[k].shape != expected[k].shape)
     ]
@@ -88,35 +91,57 @@ def load_weights(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
              if names]
     if parts:
         raise CheckpointError(f"{path}: weights do not match the model configuration ({'; '.join(parts)})")
+    for name, value in weights.items():
+        if expected[name].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: weight {name} has dtype {value.dtype}, expected a floating dtype")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
+
+
+def load_weights(model: nn.Module, weights: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict(weights)`` after :func:`check_weights` (errors name ``path``)."""
+    check_weights(model, weights, path)
     model.load_state_dict(weights)
 
 
 def classifier_from_record(record: dict[str, Any], weights: dict[str, Tensor], path: Path
                            ) -> tuple[NewsClassifier, Vocab, TrainConfig]:
     """The classifier a saved record describes (its ``vocab``, ``train_config`` and ``model_config`` entries,
-    as checkpoints and shipped models store them) with ``weights`` loaded; errors name ``path``."""
+    as checkpoints and shipped models store them) with ``weights`` loaded; errors name ``path``.
+
+    The stored sizes are checked against the weights, which the file bounds, on the ``meta`` device before
+    the model is built, so absurd sizes are refused without allocating anything; the head must have one
+    output per class of :data:`gru_lib.data.CLASSES`."""
     try:
         vocab = Vocab.from_dict(record["vocab"])
         config = TrainConfig.from_dict(record["train_config"])
-        model = NewsClassifier(**record["model_config"])
-    except (ValueError, TypeError, GruLibError) as error:
+        with torch.device("meta"):
+            skeleton = NewsClassifier(**record["model_config"])
+    except (ValueError, TypeError, RuntimeError, OverflowError, GruLibError) as error:
         raise CheckpointError(f"{path}: incompatible configuration ({error})") from None
-    if model.embedding.num_embeddings != len(vocab):
-        raise CheckpointError(
-            f"{path}: the vocabulary has {len(vocab)} tokens but the embedding {model.embedding.num_embeddings} rows"
-        )
-    load_weights(model, weights, path)
+    if skeleton.embedding.num_embeddings != len(vocab):
+        raise CheckpointError(f"{path}: the vocabulary has {len(vocab)} tokens but the embedding "
+                              f"{skeleton.embedding.num_embeddings} rows")
+    if skeleton.head.out_features != len(CLASSES):
+        raise CheckpointError(f"{path}: the classifier has {skeleton.head.out_features} classes, "
+                              f"but AG News has {len(CLASSES)}")
+    check_weights(skeleton, weights, path)
+    model = NewsClassifier(**record["model_config"])
+    model.load_state_dict(weights)
     return model, vocab, config
 
 
 def load_classifier(
     model_dir: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[NewsClassifier, Vocab, TrainConfig, dict[str, Any]]:
-    """The trained classifier of a ``train --out`` directory: (model in eval mode, vocab, config, checkpoint)."""
+    """The trained classifier of a ``train --out`` directory: (model in eval mode, vocab, config, checkpoint).
+    The checkpoint is read onto the CPU and checked there, so a device mistake is never blamed on the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a directory (expected the --out directory of `train`)")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise GruLibError(f"device {str(device)!r}: CUDA is not available on this machine")
     path = checkpoint_path(model_dir)
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location="cpu")
     model, vocab, config = classifier_from_record(state, state["model"], path)
     return model.to(device).eval(), vocab, config, state

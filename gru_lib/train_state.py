@@ -64,6 +64,9 @@ class TrainState:
         try:
             state = cls(int(training["epoch"]), int(training["batch_in_epoch"]), int(training["step"]),
                         list(training["history"]), EpochTotals(**training["running"]))
+            if min(state.epoch, state.batch_in_epoch, state.step) < 0:
+                raise ValueError(f"negative position: epoch {state.epoch}, batch {state.batch_in_epoch}, "
+                                 f"step {state.step}")
             rng = training["rng"]
             restore_rng_state(rng[ctx.rank] if len(rng) == ctx.world_size else rng[0])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:

@@ -1,0 +1,298 @@
+"""`python -m gru_lib` misused as a careless (or adversarial) user would: every failure is one line on stderr,
+exit status 2, no traceback, naming the argument or file and what is wrong; no file the user did not name is
+overwritten; loaded checkpoints are validated; a closed pipe ends the output quietly."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthetic_news import write_ag_news
+
+from gru_lib.checkpoint import LOCK_NAME, check_run_dir, run_dir_lock
+from gru_lib.cli import main
+from gru_lib.distributed import DistContext
+from gru_lib.errors import CheckpointError, GruLibError, describe_os_error
+from gru_lib.train_state import TrainState
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--embed-dim", "8", "--hidden-size", "8", "--batch-size", "8", "--no-progress",
+        "--threads", "1", "--embedding-init", "random"]
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ag_news(tmp_path_factory.mktemp("data"), 32, 8)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--data", str(data_dir), "--out", str(out), *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> str:
+    """Run ``main(argv)``: exit status 2 (returned, or argparse's SystemExit), one line on stderr holding
+    every one of ``words``, no traceback."""
+    try:
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2, (status, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+# ----------------------------------------------------------------------- 1. nothing the user did not name is lost
+
+
+def test_out_with_the_users_files_is_refused_and_left_alone(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text("my own settings\n")
+    (out / "metrics.json").write_text("my own numbers\n")
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY],
+             str(out), "not empty", "config.json")
+    assert (out / "config.json").read_text() == "my own settings\n"
+    assert (out / "metrics.json").read_text() == "my own numbers\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json"]
+
+
+def test_out_empty_string_is_refused_not_the_current_directory(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("mine\n")
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", "", *TINY], "--out ''", "empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert (tmp_path / "config.json").read_text() == "mine\n"
+
+
+def test_out_an_existing_file_is_refused(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(target), *TINY], str(target),
+             "not a directory")
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_finished_run_needs_resume_and_scratch_files_do_not_count(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(GruLibError, match="--resume"):
+        check_run_dir(trained, resume=False)
+    assert check_run_dir(trained, resume=True) == trained
+    scratch = tmp_path / "left"
+    scratch.mkdir()
+    (scratch / LOCK_NAME).write_text("123\n")  # what a killed run leaves behind
+    (scratch / ".checkpoint.pt.99.tmp").write_bytes(b"half")
+    assert check_run_dir(scratch, resume=False) == scratch
+
+
+def test_a_second_run_on_a_locked_directory_fails_at_once(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "busy"
+    with run_dir_lock(out):
+        _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY], str(out), "another run")
+        assert not (out / "checkpoint.pt").exists()
+    assert not (out / LOCK_NAME).exists()  # released and removed
+    with run_dir_lock(out), pytest.raises(GruLibError, match="another run"):
+        with run_dir_lock(out):
+            pass
+
+
+def test_unwritable_out_is_refused_before_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(blocker / "run"), *TINY],
+             str(blocker / "run"), "not a directory")
+
+
+def test_permission_denied_on_out_says_so_before_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def refuse_lock(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(LOCK_NAME):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse_lock)
+    out = tmp_path / "ro"
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY], LOCK_NAME, "permission denied")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_full_disk_while_saving_says_no_space_left(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    restore_threads: None,
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what torch.save raises on a full disk
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "full"
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY],
+             str(out / "checkpoint.pt"), "no space left on device")
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- 2. every failure is one line, exit 2
+
+
+BAD_FLAGS = [
+    (["train", "--out", "X", "--threads", "0"], ["--threads", "must be >= 1"]),
+    (["train", "--out", "X", "--threads", "-3"], ["--threads", "must be >= 1"]),
+    (["train", "--out", "X", "--threads", "two"], ["--threads", "integer"]),
+    (["train", "--out", "X", "--device", "meta"], ["--device", "'meta'", "cpu or cuda"]),
+    (["train", "--out", "X", "--device", "foo"], ["--device", "'foo'", "not a torch device"]),
+    (["train", "--out", "X", "--seed", str(2**32)], ["--seed", "0..4294967295"]),
+    (["train", "--out", "X", "--seed", "-1"], ["--seed", "0..4294967295"]),
+    (["evaluate", "--model", "X", "--batch-size", "0"], ["--batch-size", "must be >= 1"]),
+    (["predict", "--model", "X", "--device", "meta", "hello"], ["--device", "'meta'"]),
+    (["bench", "--device", "foo"], ["--device", "'foo'"]),
+    (["bench", "--threads", "0"], ["--threads", "must be >= 1"]),
+    (["train", "--out", "X", "--no-such-flag"], ["unrecognized arguments", "--no-such-flag"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD_FLAGS, ids=[" ".join(a[:1] + a[3:5]) for a, _ in BAD_FLAGS])
+def test_bad_flags_give_one_line(argv: list[str], words: list[str], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(tmp_path / "x") if a == "X" else a for a in argv]
+    _refused(capsys, argv, *words)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_says_so_not_corrupted(trained: Path, data_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(capsys, ["evaluate", "--model", str(trained), "--data", str(data_dir), "--device", "cuda"],
+             "CUDA is not available")
+    from gru_lib.evaluate import load_classifier
+
+    with pytest.raises(GruLibError, match="CUDA is not available") as info:
+        load_classifier(trained, device="cuda")
+    assert "corrupt" not in str(info.value)
+
+
+@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "no space left on device"), (errno.EACCES, "permission denied"),
+                                        (errno.EPERM, "permission denied"), (errno.EIO, os.strerror(errno.EIO))])
+def test_os_errors_are_worded_in_one_place(code: int, words: str) -> None:
+    line = describe_os_error(OSError(code, os.strerror(code), "/some/file"))
+    assert line.startswith(f"/some/file: {words}") and "\n" not in line
+    assert describe_os_error(OSError(code, os.strerror(code))).startswith(words)
+
+
+@pytest.mark.subprocess
+def test_a_closed_pipe_ends_predict_quietly(trained: Path) -> None:
+    texts = [f"markets rally on earnings number {i}" for i in range(3000)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "gru_lib", "predict", "--model", str(trained), *texts],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()  # like `| head -1`: one line, then the reader goes away
+    process.stdout.close()
+    err = process.stderr.read()
+    status = process.wait(timeout=120)
+    assert first.count("\t") == 2, first
+    assert status in (0, 141), (status, err)
+    assert err == "", err
+
+
+# -------------------------------------------------------------------------------- 3. loaded checkpoints validated
+
+
+def _spoiled(trained: Path, tmp_path: Path, spoil: object) -> Path:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    spoil(state)  # type: ignore[operator]
+    torch.save(state, bad / "checkpoint.pt")
+    return bad
+
+
+def _nan(state: dict) -> None:
+    state["model"]["head.weight"][0, 0] = float("nan")
+
+
+def _inf(state: dict) -> None:
+    state["model"]["embedding.weight"][3, 1] = float("inf")
+
+
+def _integers(state: dict) -> None:
+    state["model"]["head.weight"] = state["model"]["head.weight"].round().to(torch.int32)
+
+
+def _classes(k: int) -> object:
+    def spoil(state: dict) -> None:
+        state["model_config"]["num_classes"] = k
+        for name in ("head.weight", "head.bias"):
+            rows = state["model"][name]
+            state["model"][name] = torch.cat([rows, rows[:1]]) if k > len(rows) else rows[:k]
+    return spoil
+
+
+def _absurd(size: int) -> object:
+    def spoil(state: dict) -> None:
+        state["model_config"]["hidden_size"] = size  # terabytes, were it allocated
+    return spoil
+
+
+SPOILS = {"nan": (_nan, "NaN or infinite"), "inf": (_inf, "NaN or infinite"),
+          "integers": (_integers, "floating dtype"), "3 classes": (_classes(3), "3 classes"),
+          "5 classes": (_classes(5), "5 classes"), "absurd size": (_absurd(10**6), "do not match"),
+          "overflowing size": (_absurd(10**9), "incompatible configuration")}
+
+
+@pytest.mark.parametrize("how", list(SPOILS))
+def test_spoiled_checkpoints_are_refused_naming_the_file(
+    how: str, trained: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spoil, words = SPOILS[how]
+    bad = _spoiled(trained, tmp_path, spoil)
+    path = str(bad / "checkpoint.pt")
+    _refused(capsys, ["evaluate", "--model", str(bad), "--data", str(data_dir)], path, words)
+    _refused(capsys, ["predict", "--model", str(bad), "markets rally"], path, words)
+
+
+def test_a_negative_stored_position_is_refused(trained: Path) -> None:
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    training = dict(state["training"], epoch=-1)
+    with pytest.raises(CheckpointError, match="negative position"):
+        TrainState.from_checkpoint(training, DistContext(), trained / "checkpoint.pt")
+
+
+# ---------------------------------------------------------------------------------------------- 4. predict input
+
+
+@pytest.mark.parametrize("texts", [[""], ["stocks rise", "   \t "]])
+def test_predict_refuses_empty_text(texts: list[str], trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(capsys, ["predict", "--model", str(trained), *texts], f"TEXT {len(texts)}", "empty")
+    assert capsys.readouterr().out == ""
