@@ -329,13 +329,19 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    from gru_lib.data import DATA_ENV, _run_data
+    from gru_lib.data import DATA_ENV
 
     parser = subparsers.add_parser("data", help="check the AG News files and report their row counts")
     parser.add_argument("--data-dir", default=None,
                         help=f"directory holding ag_news/ (default: ${DATA_ENV} or the user cache)")
     parser.add_argument("--download", action="store_true", help="download missing files into the data directory")
     parser.set_defaults(func=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from gru_lib.data import data_command
+
+    return data_command(args.data_dir, download=args.download)
 
 
 def _int_list(text: str) -> list[int]:

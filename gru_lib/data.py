@@ -18,7 +18,7 @@ cut short leaves nothing behind. ``$GRU_LIB_AG_NEWS_URL`` (or ``url_base=``) poi
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import hashlib
 import http.client
@@ -48,7 +48,7 @@ __all__ = [
     "read_ag_news_csv",
     "load_ag_news",
     "describe_ag_news",
-    "add_parser",
+    "data_command",
 ]
 
 CLASSES: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
@@ -62,6 +62,9 @@ OFFICIAL_ROWS: dict[str, int] = {"train": 120_000, "test": 7_600}
 DATA_ENV = "GRU_LIB_DATA"
 URL_ENV = "GRU_LIB_AG_NEWS_URL"
 _CHUNK = 1 << 16
+# The longest field the CSV reader accepts, in characters (the csv module's default limit is 131,072; the
+# longest AG News field is under 1,000): long enough for any real article, short enough to refuse garbage.
+MAX_FIELD_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -247,24 +250,50 @@ def read_ag_news_csv(path: str | Path) -> list[NewsExample]:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     if not raw.strip():
         raise DataError(f"{path}: file is empty, expected rows of (label, title, description)")
-    text = _decode(path, raw)
+    text = _decode(path, raw).removeprefix("\ufeff")  # a UTF-8 byte-order mark (spreadsheet exports)
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{path}, line {line}: a NUL byte (0x00), which no text field holds")
+    return _parse_rows(path, text)
+
+
+@contextlib.contextmanager
+def _field_limit(limit: int):  # type: ignore[no-untyped-def]
+    """The csv module's (process-wide) field size limit set to ``limit`` for the block, then restored."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _parse_rows(path: Path, text: str) -> list[NewsExample]:
+    """The rows of ``text`` (decoded CSV), validated. A malformed row is reported at the line where the row
+    starts (where a bad quote opens), not where the parser gave up."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     examples: list[NewsExample] = []
     line = 0
     try:
-        for row in reader:
-            line = reader.line_num
-            if len(row) != 3:
-                raise DataError(
-                    f"{path}, line {line}: expected 3 columns (label, title, description), got {len(row)}"
-                )
-            label = row[0].strip()
-            if label not in ("1", "2", "3", "4"):
-                raise DataError(f"{path}, line {line}: label must be 1, 2, 3 or 4, got {row[0]!r}")
-            examples.append(NewsExample(int(label) - 1, row[1], row[2]))
+        with _field_limit(MAX_FIELD_CHARS):
+            for row in reader:
+                examples.append(_example(path, reader.line_num, row))
+                line = reader.line_num
     except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num or line + 1}: malformed CSV ({error})") from None
+        stopped = f"; the parser stopped at line {reader.line_num}" if reader.line_num > line + 1 else ""
+        if "field larger than field limit" in str(error):
+            raise DataError(f"{path}, line {line + 1}: a field longer than {MAX_FIELD_CHARS:,} characters "
+                            f"(MAX_FIELD_CHARS){stopped}") from None
+        raise DataError(f"{path}, line {line + 1}: malformed CSV ({error}){stopped}") from None
     return examples
+
+
+def _example(path: Path, line: int, row: list[str]) -> NewsExample:
+    if len(row) != 3:
+        raise DataError(f"{path}, line {line}: expected 3 columns (label, title, description), got {len(row)}")
+    label = row[0].strip()
+    if label not in ("1", "2", "3", "4"):
+        raise DataError(f"{path}, line {line}: label must be 1, 2, 3 or 4, got {row[0]!r}")
+    return NewsExample(int(label) - 1, row[1], row[2])
 
 
 def load_ag_news(
@@ -307,19 +336,19 @@ def describe_ag_news(data_dir: str | Path | None = None, *, download: bool = Tru
     return info
 
 
-def _run_data(args: argparse.Namespace) -> int:
-    info = describe_ag_news(args.data_dir, download=args.download)
+def data_command(data_dir: str | Path | None = None, *, download: bool = False) -> int:
+    """``python -m gru_lib data``: validate each split and print its counts; a split that is missing is
+    reported as such (``--download`` fetches it), one that is not a readable file raises :class:`DataError`."""
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    for split in SPLITS:
+        path = root / "ag_news" / f"{split}.csv"
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path}: not a file (a directory or a device), expected the {split} split's CSV")
+    info = describe_ag_news(data_dir, download=download)
     for item in info.values():
         classes = ", ".join(f"{name} {n:,}" for name, n in zip(CLASSES, item.per_class))
         print(f"{item.path}: {item.summary()}; {classes}")
+    for split in SPLITS:
+        if split not in info:
+            print(f"{root / 'ag_news' / f'{split}.csv'}: missing (pass --download to fetch the {split} split)")
     return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """``python -m gru_lib data``: find (or download) AG News, validate it, report its row counts."""
-    parser = subparsers.add_parser("data", help="check the AG News files and report their row counts")
-    parser.add_argument(
-        "--data-dir", default=None, help=f"directory holding ag_news/ (default: ${DATA_ENV} or the user cache)"
-    )
-    parser.add_argument("--download", action="store_true", help="download missing files into the data directory")
-    parser.set_defaults(func=_run_data)

@@ -296,3 +296,64 @@ def test_a_negative_stored_position_is_refused(trained: Path) -> None:
 def test_predict_refuses_empty_text(texts: list[str], trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _refused(capsys, ["predict", "--model", str(trained), *texts], f"TEXT {len(texts)}", "empty")
     assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------------------------------ 5. the CSV reader
+
+
+GOOD = '"1","World title","a world description"\n"2","Sports title","a sports description"\n'
+
+
+def _csv(tmp_path: Path, text: str, name: str = "train.csv") -> Path:
+    path = tmp_path / "ag_news" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    from gru_lib.data import read_ag_news_csv
+
+    rows = read_ag_news_csv(_csv(tmp_path, "\ufeff" + GOOD))
+    assert [(r.label, r.title) for r in rows] == [(0, "World title"), (1, "Sports title")]
+
+
+def test_an_unclosed_quote_is_reported_where_it_opens(tmp_path: Path) -> None:
+    from gru_lib.data import DataError, read_ag_news_csv
+
+    path = _csv(tmp_path, GOOD + '"3","never closed,"x"\n"4","a","b"\n"4","c","d"\n')
+    with pytest.raises(DataError, match=r"train\.csv, line 3: malformed CSV"):
+        read_ag_news_csv(path)
+    path = _csv(tmp_path, GOOD + '"3","never closed\n"4","a","b"\n')
+    with pytest.raises(DataError, match=r"train\.csv, line 3: malformed CSV .*stopped at line 4"):
+        read_ag_news_csv(path)
+
+
+def test_a_nul_byte_is_refused_naming_its_line(tmp_path: Path) -> None:
+    from gru_lib.data import DataError, read_ag_news_csv
+
+    with pytest.raises(DataError, match=r"train\.csv, line 2: a NUL byte"):
+        read_ag_news_csv(_csv(tmp_path, '"1","a","b"\n"2","c\x00d","e"\n'))
+
+
+def test_long_fields_up_to_the_stated_maximum(tmp_path: Path) -> None:
+    import csv
+
+    from gru_lib.data import MAX_FIELD_CHARS, DataError, read_ag_news_csv
+
+    limit = csv.field_size_limit()
+    long = "w " * 100_000  # 200,000 characters: over the csv module's default limit of 131,072
+    assert len(read_ag_news_csv(_csv(tmp_path, GOOD + f'"3","t","{long}"\n'))[2].description) == len(long)
+    with pytest.raises(DataError, match=f"line 3: a field longer than {MAX_FIELD_CHARS:,} characters"):
+        read_ag_news_csv(_csv(tmp_path, GOOD + f'"3","t","{"x" * (MAX_FIELD_CHARS + 1)}"\n'))
+    assert csv.field_size_limit() == limit  # the process-wide limit is put back
+
+
+def test_data_reports_a_missing_split_and_refuses_a_directory(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _csv(tmp_path, GOOD, "test.csv")
+    assert main(["data", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'ag_news' / 'train.csv'}: missing" in out and "--download" in out
+    (tmp_path / "ag_news" / "train.csv").mkdir()
+    _refused(capsys, ["data", "--data-dir", str(tmp_path)], str(tmp_path / "ag_news" / "train.csv"), "not a file")
