@@ -25,6 +25,7 @@ import errno
 import os
 import pickle
 import random
+import stat
 import time
 import warnings
 import zipfile
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gru_lib.errors import CheckpointError, GruLibError
+from gru_lib.errors import CheckpointError, GruLibError, os_error_reason
 
 try:
     import fcntl
@@ -198,6 +199,28 @@ def _first_line(error: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
+def _check_readable(path: Path) -> None:
+    """Say what keeps ``path`` from being read as a checkpoint before reading it: missing, a directory, not a
+    regular file, empty, unreadable (permissions, a symlink loop); never "corrupted" for these."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({os_error_reason(error)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: not a file")
+    if info.st_size == 0:
+        raise CheckpointError(f"{path}: empty file (truncated checkpoint)")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({os_error_reason(error)})") from None
+
+
 def _verify_crc(path: Path) -> None:
     """``torch.save`` writes a zip archive with a CRC-32 per record, but ``torch.load`` never checks them, so a
     flipped bit in tensor data would load silently. Check them all (about 1 ms per MB)."""
@@ -218,12 +241,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     corrupted, holding objects other than tensors and plain types, another format or version, missing keys
     (``require_training``: the resume state too) or keys of the wrong type."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (truncated checkpoint)")
+    _check_readable(path)
     _verify_crc(path)
     try:
         with warnings.catch_warnings():

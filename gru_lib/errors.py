@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["GruLibError", "ConfigError", "DataError", "CheckpointError", "describe_os_error"]
+__all__ = ["GruLibError", "ConfigError", "DataError", "CheckpointError", "describe_os_error",
+           "os_error_reason"]
 
 
 class GruLibError(Exception):
@@ -39,11 +40,16 @@ _OS_REASONS = {
 }
 
 
+def os_error_reason(error: OSError) -> str:
+    """What is wrong, in words, without the file name (see :func:`describe_os_error`)."""
+    return _OS_REASONS.get(error.errno or -1) or (error.strerror or str(error) or type(error).__name__)
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for an :class:`OSError`: the file it names (when it names one) and what is wrong, in words
     (``ENOSPC`` -> "no space left on device", ``EACCES``/``EPERM`` -> "permission denied", ...). The command
     line turns every OSError into this line (exit 2), so this is the one place that words them."""
-    reason = _OS_REASONS.get(error.errno or -1) or (error.strerror or str(error) or type(error).__name__)
+    reason = os_error_reason(error)
     names = [str(name) for name in (error.filename, error.filename2) if name not in (None, "")]
     where = " -> ".join(names)
     return f"{where}: {reason}" if where else reason

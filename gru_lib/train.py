@@ -50,7 +50,7 @@ from gru_lib.precision import Precision, resolve_precision
 from gru_lib.prepare import build_classifier, build_vocab, encode_examples, split_validation, tokenize_examples
 from gru_lib.repro import seed_everything
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded
-from gru_lib.train_state import TrainState, check_resume_config, every_rank_rng
+from gru_lib.train_state import TrainState, check_optimizer_state, check_resume_config, every_rank_rng
 
 __all__ = [
     "TrainConfig",
@@ -357,6 +357,7 @@ def _resume_state(run: TrainingRun, stored: dict[str, Any]) -> TrainState:
         run.scaler.load_state_dict(training["scaler"])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
         raise CheckpointError(f"{path}: bad training state ({error})") from None
+    check_optimizer_state(run.optimizer, path)  # type: ignore[arg-type]
     if int(training.get("steps_per_epoch", len(run.sampler))) != len(run.sampler):
         raise CheckpointError(f"{path}: saved with {training.get('steps_per_epoch')} steps per epoch, this run has "
                               f"{len(run.sampler)} (different data or number of processes)")

@@ -21,7 +21,8 @@ from gru_lib.config import TrainConfig
 from gru_lib.distributed import DistContext
 from gru_lib.errors import CheckpointError
 
-__all__ = ["EpochTotals", "TrainState", "check_resume_config", "every_rank_rng", "gather_rows"]
+__all__ = ["EpochTotals", "TrainState", "check_resume_config", "check_optimizer_state", "every_rank_rng",
+           "gather_rows"]
 
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_batch_size"})
@@ -106,3 +107,20 @@ def check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path)
         raise CheckpointError(
             f"{path}: incompatible with this run's settings: it was trained with {', '.join(differences)}"
         )
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """After ``optimizer.load_state_dict``: refuse (naming ``path``) per-parameter state tensors (AdamW's
+    moments) whose shape is not their parameter's, or that hold NaN or infinite values. ``load_state_dict``
+    checks only the number of parameters, so such a state would otherwise fail (or diverge) at the first step."""
+    for group in optimizer.param_groups:
+        for index, param in enumerate(group["params"]):
+            for name, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, Tensor) or value.dim() == 0:
+                    continue  # the step count
+                if value.shape != param.shape:
+                    raise CheckpointError(f"{path}: bad training state (optimizer {name} of parameter {index} has "
+                                          f"shape {tuple(value.shape)}, the parameter {tuple(param.shape)})")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise CheckpointError(f"{path}: bad training state (optimizer {name} of parameter {index} "
+                                          "holds NaN or infinite values)")

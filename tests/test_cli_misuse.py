@@ -289,6 +289,34 @@ def test_a_negative_stored_position_is_refused(trained: Path) -> None:
         TrainState.from_checkpoint(training, DistContext(), trained / "checkpoint.pt")
 
 
+def test_an_optimizer_state_of_the_wrong_shape_is_refused_on_resume(
+    trained: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_threads: None
+) -> None:
+    def shrink(state: dict) -> None:
+        moments = state["training"]["optimizer"]["state"][0]
+        moments["exp_avg"] = moments["exp_avg"][:1]
+
+    bad = _spoiled(trained, tmp_path, shrink)
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(bad), "--resume", *TINY],
+             str(bad / "checkpoint.pt"), "optimizer exp_avg", "shape")
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink loop"])
+def test_a_checkpoint_that_cannot_be_read_is_not_called_missing_or_corrupted(
+    kind: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.pt"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(path)
+    line = _refused(capsys, ["evaluate", "--model", str(run), "--data", str(data_dir)], str(path),
+                    "is a directory" if kind == "directory" else "symbolic links")
+    assert "not found" not in line and "corrupt" not in line
+
+
 # ---------------------------------------------------------------------------------------------- 4. predict input
 
 
