@@ -27,6 +27,7 @@ import os
 import socket
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -126,7 +127,17 @@ def _check_split(split: str) -> None:
 
 
 def _url_base(url_base: str | None) -> str:
-    return (url_base or os.environ.get(URL_ENV) or AG_NEWS_URL_BASE).rstrip("/")
+    """The mirror's address (argument, else ``$GRU_LIB_AG_NEWS_URL``, else the default), checked to be an
+    http(s) or file URL before anything is fetched; a malformed one is a :class:`DataError` naming its source."""
+    source = "url_base" if url_base else URL_ENV if os.environ.get(URL_ENV) else "AG_NEWS_URL_BASE"
+    base = (url_base or os.environ.get(URL_ENV) or AG_NEWS_URL_BASE).rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(base)
+    except ValueError as error:
+        raise DataError(f"{source}={base!r}: not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        raise DataError(f"{source}={base!r}: not a valid URL (expected http://, https:// or file://)")
+    return base
 
 
 def _md5_file(path: Path) -> str:

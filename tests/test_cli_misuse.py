@@ -385,3 +385,12 @@ def test_data_reports_a_missing_split_and_refuses_a_directory(tmp_path: Path,
     assert f"{tmp_path / 'ag_news' / 'train.csv'}: missing" in out and "--download" in out
     (tmp_path / "ag_news" / "train.csv").mkdir()
     _refused(capsys, ["data", "--data-dir", str(tmp_path)], str(tmp_path / "ag_news" / "train.csv"), "not a file")
+
+
+@pytest.mark.parametrize("url,words", [("not a url", "expected http://"), ("http://[::1", "Invalid IPv6 URL")])
+def test_a_malformed_mirror_address_is_one_line(url: str, words: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRU_LIB_AG_NEWS_URL", url)
+    _refused(capsys, ["data", "--data-dir", str(tmp_path), "--download"], "GRU_LIB_AG_NEWS_URL", repr(url), words)
+    assert not (tmp_path / "ag_news").exists() or not any((tmp_path / "ag_news").iterdir())
