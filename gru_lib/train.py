@@ -50,7 +50,8 @@ from gru_lib.precision import Precision, resolve_precision
 from gru_lib.prepare import build_classifier, build_vocab, encode_examples, split_validation, tokenize_examples
 from gru_lib.repro import seed_everything
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded
-from gru_lib.train_state import TrainState, check_optimizer_state, check_resume_config, every_rank_rng
+from gru_lib.train_state import (TrainState, check_optimizer_state, check_resume_config, check_rows_fingerprint,
+                                 every_rank_rng, rows_fingerprint)
 
 __all__ = [
     "TrainConfig",
@@ -168,6 +169,7 @@ class TrainingRun:
     init_seconds: float = 0.0
     stop: _StopFlag = field(default_factory=lambda: _StopFlag(False))
     stop_agreed: bool = False  # every rank has seen the stop request (all-reduced with the loss check)
+    rows: str = ""  # the training rows' fingerprint (train_state.rows_fingerprint), stored in checkpoints
 
     @property
     def inner(self) -> NewsClassifier:
@@ -205,6 +207,7 @@ class TrainingRun:
             return
         training = self.state.to_checkpoint(
             rng, steps_per_epoch=len(self.sampler), world_size=self.ctx.world_size, complete=complete,
+            rows_fingerprint=self.rows,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict())
         save_checkpoint({"model": self.inner.state_dict(), "model_config": self.inner.config(),
@@ -361,6 +364,7 @@ def _resume_state(run: TrainingRun, stored: dict[str, Any]) -> TrainState:
     if int(training.get("steps_per_epoch", len(run.sampler))) != len(run.sampler):
         raise CheckpointError(f"{path}: saved with {training.get('steps_per_epoch')} steps per epoch, this run has "
                               f"{len(run.sampler)} (different data or number of processes)")
+    check_rows_fingerprint(training, run.rows, path)  # type: ignore[arg-type]
     return TrainState.from_checkpoint(training, run.ctx, path)  # type: ignore[arg-type]
 
 
@@ -385,7 +389,8 @@ def open_run(config: TrainConfig, train_examples: Sequence[NewsExample], eval_ex
                                  schedule=config.schedule)
     run = TrainingRun(config, ctx, precision, vocab, train_set, encode_examples(eval_examples, vocab, config),
                       model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-                      precision.grad_scaler(), sampler, TrainState(), checkpoint, init_seconds)
+                      precision.grad_scaler(), sampler, TrainState(), checkpoint, init_seconds,
+                      rows=rows_fingerprint(train_set) if checkpoint is not None else "")
     if stored is not None:
         run.state = _resume_state(run, stored)
     run.model = wrap_model(model, ctx)

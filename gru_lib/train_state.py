@@ -9,10 +9,13 @@ and resumed ends with the same weights and metrics as an uninterrupted one (``te
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,9 +23,10 @@ from gru_lib.checkpoint import capture_rng_state, restore_rng_state
 from gru_lib.config import TrainConfig
 from gru_lib.distributed import DistContext
 from gru_lib.errors import CheckpointError
+from gru_lib.text import EncodedDataset
 
 __all__ = ["EpochTotals", "TrainState", "check_resume_config", "check_optimizer_state", "every_rank_rng",
-           "gather_rows"]
+           "gather_rows", "rows_fingerprint", "check_rows_fingerprint"]
 
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_batch_size"})
@@ -124,3 +128,22 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
                 if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     raise CheckpointError(f"{path}: bad training state (optimizer {name} of parameter {index} "
                                           "holds NaN or infinite values)")
+
+
+def rows_fingerprint(dataset: EncodedDataset) -> str:
+    """SHA-256 of the training rows as the model sees them (labels, lengths and token ids, in order): stored in
+    the checkpoint so that a resume on other rows is refused even when the number of steps per epoch agrees."""
+    digest = hashlib.sha256()
+    digest.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
+    digest.update(np.fromiter(map(len, dataset.ids), dtype=np.int64, count=len(dataset.ids)).tobytes())
+    digest.update(np.fromiter(itertools.chain.from_iterable(dataset.ids), dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def check_rows_fingerprint(training: dict[str, Any], fingerprint: str, path: Path) -> None:
+    """Refuse to resume on training rows other than the checkpoint's (checkpoints without a fingerprint, written
+    before it was stored, are not checked)."""
+    stored = training.get("rows_fingerprint")
+    if stored is not None and stored != fingerprint:
+        raise CheckpointError(f"{path}: saved from other training rows than this run's (fingerprint "
+                              f"{str(stored)[:12]}, now {fingerprint[:12]}): give the same --data and --train-rows")

@@ -394,3 +394,20 @@ def test_a_malformed_mirror_address_is_one_line(url: str, words: str, tmp_path: 
     monkeypatch.setenv("GRU_LIB_AG_NEWS_URL", url)
     _refused(capsys, ["data", "--data-dir", str(tmp_path), "--download"], "GRU_LIB_AG_NEWS_URL", repr(url), words)
     assert not (tmp_path / "ag_news").exists() or not any((tmp_path / "ag_news").iterdir())
+
+
+def test_resume_on_other_rows_with_the_same_steps_per_epoch_is_refused(
+    trained: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_threads: None
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    train_csv = other / "ag_news" / "train.csv"
+    lines = train_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    train_csv.write_text("".join(lines[::-1]), encoding="utf-8")  # same rows, same count, other order
+    _refused(capsys, ["train", "--data", str(other), "--out", str(run), "--resume", *TINY],
+             str(run / "checkpoint.pt"), "other training rows")
+    assert main(["train", "--data", str(data_dir), "--out", str(run), "--resume", *TINY]) == 0
