@@ -218,7 +218,7 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, ctx: Any, ou
     except TrainingInterrupted as stopped:
         if ctx.is_main:
             print(f"interrupted: {stopped}", file=sys.stderr, flush=True)
-        return 128 + signal.SIGTERM
+        return 128 + stopped.signum
     if ctx.is_main:
         _write_train_outputs(out, result, {
             "train_rows": result.extra["train_rows"], "validation_rows": result.extra["validation_rows"],

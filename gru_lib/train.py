@@ -78,11 +78,13 @@ __all__ = [
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on request (SIGTERM) after saving a checkpoint; ``--resume`` continues it."""
+    """Training stopped on request (SIGTERM, or SIGINT: Ctrl-C) after saving a checkpoint; ``--resume``
+    continues it. ``signum`` is the signal that asked (the command line exits with 128 + it)."""
 
-    def __init__(self, message: str, checkpoint: Path | None) -> None:
+    def __init__(self, message: str, checkpoint: Path | None, signum: int = signal.SIGTERM) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 class NonFiniteLossError(GruLibError):
@@ -128,24 +130,31 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked between steps. Installs its handler only in the main thread."""
+    """Set by SIGTERM or SIGINT (Ctrl-C); checked between steps, where the run saves a checkpoint and stops,
+    so Ctrl-C loses nothing. A second Ctrl-C stops at once (KeyboardInterrupt). Installs its handlers only in
+    the main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int = signal.SIGTERM
+        self._previous: dict[int, Any] = {}
         self._installed = enabled and threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> _StopFlag:
         if self._installed:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 @dataclass
@@ -215,8 +224,9 @@ class TrainingRun:
                          "training": training}, self.checkpoint)
 
     def interrupt(self, when: str) -> TrainingInterrupted:
-        return TrainingInterrupted(f"stopped by SIGTERM {when}; checkpoint saved to {self.checkpoint}: continue "
-                                   "with --resume", self.checkpoint)
+        name = signal.Signals(self.stop.signum).name
+        return TrainingInterrupted(f"stopped by {name} {when}; checkpoint saved to {self.checkpoint}: continue "
+                                   "with --resume", self.checkpoint, self.stop.signum)
 
 
 def optimization_step(

@@ -411,3 +411,35 @@ def test_resume_on_other_rows_with_the_same_steps_per_epoch_is_refused(
     _refused(capsys, ["train", "--data", str(other), "--out", str(run), "--resume", *TINY],
              str(run / "checkpoint.pt"), "other training rows")
     assert main(["train", "--data", str(data_dir), "--out", str(run), "--resume", *TINY]) == 0
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from gru_lib.checkpoint import load_checkpoint
+
+    data = write_ag_news(tmp_path / "data", 4000, 16)  # 500 steps per epoch: Ctrl-C lands inside epoch 2
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "gru_lib", "train", "--data", str(data), "--out", str(out), *TINY,
+            "--epochs", "3", "--max-len", "12"]  # no --checkpoint-every: checkpoints at epoch ends only
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.01)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "stopped by SIGINT" in err and "continue with --resume" in err and "Traceback" not in err, err
+    stopped = load_checkpoint(out / "checkpoint.pt", require_training=True)["training"]
+    assert not stopped["complete"] and stopped["step"] >= 500
+    resumed = subprocess.run([*argv[:8], "--resume", "--threads", "1", "--no-progress"], capture_output=True,
+                             text=True, cwd=ROOT, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out / "checkpoint.pt", require_training=True)["training"]["step"] == 1500
