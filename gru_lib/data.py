@@ -26,6 +26,7 @@ import io
 import os
 import socket
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,6 +64,9 @@ OFFICIAL_ROWS: dict[str, int] = {"train": 120_000, "test": 7_600}
 DATA_ENV = "GRU_LIB_DATA"
 URL_ENV = "GRU_LIB_AG_NEWS_URL"
 _CHUNK = 1 << 16
+# A whole download's time limit in seconds (``timeout`` bounds each read only): a mirror that trickles a byte
+# every few seconds is given up on. At 30 min it allows about 17 kB/s for train.csv's 29.5 MB.
+DOWNLOAD_DEADLINE_S = 1800.0
 # The longest field the CSV reader accepts, in characters (the csv module's default limit is 131,072; the
 # longest AG News field is under 1,000): long enough for any real article, short enough to refuse garbage.
 MAX_FIELD_CHARS = 1 << 20
@@ -155,14 +159,16 @@ def _where_to_put(ag_dir: Path, base: str) -> str:
     )
 
 
-def _download(url: str, target: Path, md5: str, *, timeout: float, progress: bool) -> None:
-    """Fetch ``url`` into ``target``: temporary file in the same folder, check length and md5, then rename."""
+def _download(url: str, target: Path, md5: str, *, timeout: float, progress: bool,
+              deadline: float = DOWNLOAD_DEADLINE_S) -> None:
+    """Fetch ``url`` into ``target``: temporary file in the same folder, check length and md5, then rename.
+    Each read waits at most ``timeout`` seconds and the whole transfer ``deadline`` (plus one read)."""
     from tqdm import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
     tmp = Path(handle.name)
-    received, total = 0, None
+    received, total, started = 0, None, time.monotonic()
     try:
         with handle:
             with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -172,7 +178,10 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
                 with tqdm(
                     total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress, leave=False
                 ) as bar:
-                    while chunk := response.read(_CHUNK):
+                    while chunk := response.read1(_CHUNK):  # what has arrived: read() would wait for it all
+                        if time.monotonic() - started > deadline:
+                            raise DataError(f"download of {url} took longer than {deadline:.0f} s (got "
+                                            f"{received:,} bytes; the mirror is too slow); nothing was kept")
                         handle.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
@@ -209,11 +218,13 @@ def ensure_ag_news(
     splits: Iterable[str] = SPLITS,
     checksums: Mapping[str, str] | None = None,
     progress: bool = True,
+    deadline: float = DOWNLOAD_DEADLINE_S,
 ) -> Path:
     """Return ``<data_dir>/ag_news`` once it holds ``{split}.csv`` for every split asked for.
 
     Files already there are left as they are. Missing ones are downloaded from ``url_base`` (default
-    ``$GRU_LIB_AG_NEWS_URL`` or the torchtext mirror) with a socket ``timeout`` in seconds, and verified
+    ``$GRU_LIB_AG_NEWS_URL`` or the torchtext mirror) with a socket ``timeout`` in seconds per read and a
+    ``deadline`` in seconds for each file (default :data:`DOWNLOAD_DEADLINE_S`), and verified
     against ``checksums`` (default :data:`AG_NEWS_MD5`). With ``download=False``, or when the download fails
     (offline, unreachable), a :class:`DataError` says where to put the files and where to get them.
     """
@@ -228,7 +239,8 @@ def ensure_ag_news(
         if not download:
             raise DataError(f"{target}: file not found; {_where_to_put(ag_dir, base)}")
         try:
-            _download(f"{base}/{split}.csv", target, sums[split], timeout=timeout, progress=progress)
+            _download(f"{base}/{split}.csv", target, sums[split], timeout=timeout, progress=progress,
+                      deadline=deadline)
         except DataError as error:
             raise DataError(f"{error}; {_where_to_put(ag_dir, base)}") from None
         except OSError as error:  # the cache folder cannot be written, the disk is full, ...

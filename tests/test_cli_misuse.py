@@ -443,3 +443,38 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path: Path) -> None:
                              text=True, cwd=ROOT, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(out / "checkpoint.pt", require_training=True)["training"]["step"] == 1500
+
+
+def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gru_lib.data import DataError, ensure_ag_news
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(40):  # one byte every 0.1 s: each read is quick, the whole never ends in time
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DataError, match=r"took longer than 1 s .*nothing was kept"):
+            ensure_ag_news(tmp_path, url_base=f"http://127.0.0.1:{server.server_address[1]}", splits=("test",),
+                           timeout=5, deadline=1.0, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not list((tmp_path / "ag_news").iterdir())
