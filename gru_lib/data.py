@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gru_lib.errors import DataError
+from gru_lib.errors import DataError, os_error_reason
 
 __all__ = [
     "CLASSES",
@@ -244,7 +244,7 @@ def ensure_ag_news(
         except DataError as error:
             raise DataError(f"{error}; {_where_to_put(ag_dir, base)}") from None
         except OSError as error:  # the cache folder cannot be written, the disk is full, ...
-            reason = error.strerror or error
+            reason = os_error_reason(error)
             raise DataError(f"{target}: cannot write ({reason}); {_where_to_put(ag_dir, base)}") from None
     return ag_dir
 
@@ -270,7 +270,7 @@ def read_ag_news_csv(path: str | Path) -> list[NewsExample]:
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a CSV file") from None
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise DataError(f"{path}: cannot read ({os_error_reason(error)})") from None
     if not raw.strip():
         raise DataError(f"{path}: file is empty, expected rows of (label, title, description)")
     text = _decode(path, raw).removeprefix("\ufeff")  # a UTF-8 byte-order mark (spreadsheet exports)

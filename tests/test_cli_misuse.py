@@ -478,3 +478,25 @@ def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert not list((tmp_path / "ag_news").iterdir())
+
+
+def test_data_files_that_cannot_be_read_or_written_say_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gru_lib import data
+    from gru_lib.data import DataError, read_ag_news_csv
+
+    path = _csv(tmp_path, GOOD)
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_bytes", denied)
+        with pytest.raises(DataError, match=r"train\.csv: cannot read \(permission denied\)"):
+            read_ag_news_csv(path)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data, "_download", full)
+    with pytest.raises(DataError, match=r"test\.csv: cannot write \(no space left on device\)"):
+        data.ensure_ag_news(tmp_path / "empty", splits=("test",), progress=False)
