@@ -108,18 +108,29 @@ def check_run_dir(out: str | Path, *, resume: bool, flag: str = "--out") -> Path
 def run_dir_lock(directory: str | Path, flag: str = "--out") -> Iterator[Path]:
     """Create ``directory`` and hold an advisory lock on its :data:`LOCK_NAME` while the block runs, so two
     runs never write into one directory; a second run fails at once with :class:`GruLibError` naming the
-    directory. Creating the lock also proves the directory writable before any work is done (an
-    :class:`OSError` here is the caller's to word). The lock file is removed on release; a run that finds a
-    lock file replaced after locking it (another run released and removed it meanwhile) retries. Where
-    ``fcntl`` does not exist (Windows) nothing is locked."""
+    directory. Creating the lock also proves the directory writable before any work is done: one that cannot
+    be created or written is a :class:`GruLibError` saying why ("permission denied", "no space left on
+    device"). The lock file is removed on release; a run that finds the lock file replaced after locking it
+    (another run released and removed it meanwhile) retries. Where ``fcntl`` does not exist (Windows) the
+    directory's writability is still checked but nothing is locked."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     lock = directory / LOCK_NAME
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            with open(lock, "w", encoding="utf-8"):  # still prove the directory writable
+                pass
+            lock.unlink()
+    except OSError as error:
+        raise GruLibError(f"{flag} {directory}: cannot write there ({os_error_reason(error)})") from None
     if fcntl is None:
         yield directory
         return
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise GruLibError(f"{flag} {directory}: cannot write there ({os_error_reason(error)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

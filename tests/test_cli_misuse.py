@@ -130,7 +130,7 @@ def test_unwritable_out_is_refused_before_training(
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _refused(capsys, ["train", "--data", str(data_dir), "--out", str(blocker / "run"), *TINY],
-             str(blocker / "run"), "not a directory")
+             f"--out {blocker / 'run'}: cannot write", "not a directory")
 
 
 def test_permission_denied_on_out_says_so_before_training(
@@ -145,7 +145,8 @@ def test_permission_denied_on_out_says_so_before_training(
 
     monkeypatch.setattr(os, "open", refuse_lock)
     out = tmp_path / "ro"
-    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY], LOCK_NAME, "permission denied")
+    _refused(capsys, ["train", "--data", str(data_dir), "--out", str(out), *TINY], f"--out {out}: cannot write",
+             "permission denied")
     assert not (out / "checkpoint.pt").exists()
 
 
