@@ -295,9 +295,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="predict the topic of texts with a trained classifier",
-        description="Print the predicted topic and its probability for each text, one line each.",
+        description="Print the predicted topic and its probability for each text, one line each. Without "
+        "--model: the classifier that ships with gru_lib (gru_lib/shipped_model), no training needed.",
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="the --out directory of `train`")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="the --out directory of `train`, or a shipped model file (default: the shipped model)")
     parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
     parser.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
@@ -307,12 +309,16 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from gru_lib.data import CLASSES
     from gru_lib.evaluate import load_classifier, predict_logits
+    from gru_lib.shipped import load_shipped
     from gru_lib.text import numericalize
 
     blank = [i for i, text in enumerate(args.texts, 1) if not text.strip()]
     if blank:
         raise GruLibError(f"TEXT {blank[0]}: empty or only whitespace (give the text to classify)")
-    model, vocab, config, _ = load_classifier(args.model, device=args.device)
+    if args.model is None or Path(args.model).is_file():
+        model, vocab, config, _ = load_shipped(args.model, device=args.device)
+    else:
+        model, vocab, config, _ = load_classifier(args.model, device=args.device)
     ids = numericalize(args.texts, vocab, max_len=config.max_len, clean=config.clean_text)
     probs = predict_logits(model, ids, pad_index=vocab.pad_index).softmax(dim=1)
     for text, row in zip(args.texts, probs):
