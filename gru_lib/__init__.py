@@ -17,6 +17,7 @@
 - ``evaluate``: logits, exact sharded evaluation, loading a trained classifier (chapter 5)
 - ``metrics``: accuracy, macro-F1, confusion matrix, per-class scores (chapter 5)
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
+- ``shipped``: the small trained classifier that ships with the book, read without pickle (chapter 5)
 - ``baseline``: TF-IDF + logistic regression, the classical baseline (chapter 5)
 - ``cli``: ``python -m gru_lib data | train | evaluate | predict | bench``, all argument parsing
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)

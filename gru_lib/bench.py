@@ -62,7 +62,6 @@ __all__ = [
     "measure_peak_memory",
     "GEMMReference",
     "mkldnn_enabled",
-    "add_parser",
     "cpu_bf16_support",
 ]
 

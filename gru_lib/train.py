@@ -433,7 +433,8 @@ def train(
     from its checkpoint. ``progress``: tqdm bars (default: only when stderr is a
     terminal); ``log``: one line per epoch (None: silent); ``on_step(step, model)``:
     called after each optimisation step (tests, notebooks); ``handle_sigterm``:
-    SIGTERM saves a checkpoint and raises :class:`TrainingInterrupted`; ``threads``:
+    SIGTERM or Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`;
+    ``threads``:
     the intra-op thread count to set (default: leave it). The model and batches live
     on ``ctx.device``. Returns the model (unwrapped), vocab, history and report.
     """
