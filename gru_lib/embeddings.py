@@ -1,8 +1,9 @@
 """Chapter 5: word vectors from the training rows themselves (no download): PPMI + truncated SVD.
 
-No pretrained embeddings can be fetched here, and a few thousand labelled texts are too few to learn good ones
-from the labels alone: most words occur once or twice. The co-occurrence statistics of the same texts carry
-what the labels lack (Levy, Goldberg and Dagan 2015 show this matrix factorisation matches word2vec). With
+The book stays self-contained (no pretrained vectors to download), and a few thousand labelled texts are too
+few to learn good ones from the labels alone: most words occur once or twice. The co-occurrence statistics of
+the same texts carry what the labels lack (Levy, Goldberg and Dagan 2015 find this factorisation comparable
+to word2vec on word-similarity tasks once their hyperparameters are matched). With
 ``#(w, c)`` the co-occurrences of words ``w`` and ``c`` within ``window`` tokens (weighted ``1/distance``)::
 
     PMI(w, c)  = log( #(w, c) * D / (#(w) * P_alpha(c) * D) ),   P_alpha(c) = #(c)^alpha / sum_c' #(c')^alpha
