@@ -21,7 +21,7 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 import torch
-from test_site import PAGE_TIMEOUT_MS, ROOT, SITE, _missing, browser_context, server  # noqa: F401 (fixtures)
+from test_site import PAGE_TIMEOUT_MS, ROOT, SITE, _missing
 
 PAGE = "book/try_it.html"
 HEADLINES = 50
@@ -134,7 +134,7 @@ def _compare(seen: dict, expected: dict, ids: list[int], gates: dict[str, torch.
     return problems
 
 
-def test_the_page_computes_what_python_computes(browser_context, server: str) -> None:  # noqa: F811
+def test_the_page_computes_what_python_computes(browser_context, server: str) -> None:
     if not (SITE / PAGE).is_file():
         _missing(f"no {PAGE} in the built site")
     typed, filled = _texts()
@@ -168,7 +168,7 @@ def test_the_page_computes_what_python_computes(browser_context, server: str) ->
     assert first_result < FIRST_RESULT_SECONDS, f"the first result took {first_result:.2f} s after typing"
 
 
-def test_the_page_works_from_file(browser_context) -> None:  # noqa: F811
+def test_the_page_works_from_file(browser_context) -> None:
     """Opened as a file (no server): the scripts load through <script src> and the page answers."""
     if not (SITE / PAGE).is_file():
         _missing(f"no {PAGE} in the built site")
