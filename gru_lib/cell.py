@@ -111,14 +111,9 @@ def check_input(owner: str, input: Tensor, dims: tuple[int, int], input_size: in
 
 
 def gru_cell(
-    x: Tensor,
-    h: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-    *,
-    reset_after: bool = True,
+    x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+    bias_ih: Tensor | None = None, bias_hh: Tensor | None = None,
+    *, reset_after: bool = True,
 ) -> Tensor:
     """One GRU step: the new state ``h'`` (the module docstring has the equations)."""
     gates = gru_cell_gates(
