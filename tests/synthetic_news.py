@@ -47,3 +47,18 @@ def write_ag_news(root: Path, train_rows: int, test_rows: int) -> Path:
     write_split(root / "ag_news" / "train.csv", train_rows, 0)
     write_split(root / "ag_news" / "test.csv", test_rows, 1)
     return root
+
+
+def train_with_cli(data_dir: Path, out: Path, flags: list[str]) -> Path:
+    """Run ``python -m gru_lib train`` in-process on ``data_dir`` into ``out`` (asserting it succeeds) and give the
+    caller back its thread count, which ``--threads`` changes."""
+    import torch
+
+    from gru_lib.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--data", str(data_dir), "--out", str(out), *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_news import write_ag_news
+from synthetic_news import train_with_cli, write_ag_news
 
 from gru_lib.cli import main
 from gru_lib.data import CLASSES
@@ -26,13 +26,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    threads = torch.get_num_threads()
-    try:
-        assert main(["train", "--data", str(data_dir), "--out", str(out), *SMALL]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return train_with_cli(data_dir, tmp_path_factory.mktemp("run"), SMALL)
 
 
 @pytest.mark.parametrize("command,flag", [("train", "--epochs"), ("evaluate", "--json"), ("predict", "--model")])

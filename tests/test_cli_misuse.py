@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_news import write_ag_news
+from synthetic_news import train_with_cli, write_ag_news
 
 from gru_lib.checkpoint import LOCK_NAME, check_run_dir, run_dir_lock
 from gru_lib.cli import main
@@ -39,13 +39,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    threads = torch.get_num_threads()
-    try:
-        assert main(["train", "--data", str(data_dir), "--out", str(out), *TINY]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return train_with_cli(data_dir, tmp_path_factory.mktemp("run"), TINY)
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> str:
