@@ -1,0 +1,255 @@
+"""Chapter 5's ablation study: what each part of the classifier contributes, over several seeds, against
+tuned linear baselines, all on the same rows.
+
+    GRU_LIB_DATA=/path/to/data python -m gru_lib.ablation --out notebooks/results/ablation.json
+
+The training rows are split once (:func:`gru_lib.prepare.split_validation`, seed 0, ``--val-fraction``) into
+fit and validation rows, the same for every run. Each variant of :data:`VARIANTS` is trained on the fit rows
+for every seed (the seed sets weights, dropout and batch order, not the split), scored on the validation rows
+after its last epoch and once on the test rows. The linear baselines (:mod:`gru_lib.baseline`: TF-IDF of
+words, or of words and word pairs; logistic regression or a linear SVM) choose ``C`` on the validation rows
+and are fitted on the fit rows only, then scored once on the test rows.
+
+The JSON records, per run, the validation and test scores, the parameters the variant uses, the seconds,
+and where it ran (processor, torch version, threads, git commit); and the SHA-256 of the training and test
+rows (:func:`rows_sha256`), so that a reader can tell whether the stored results belong to the rows they have.
+An existing ``--out`` is refused unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gru_lib.baseline import C_GRID, MODELS, NGRAMS, tune_linear
+from gru_lib.config import TrainConfig
+from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
+from gru_lib.metrics import classification_report, confusion_matrix
+from gru_lib.prepare import encode_examples, split_validation
+
+__all__ = ["VARIANTS", "rows_sha256", "machine_info", "run_variant", "run_baselines", "run_study", "summarize",
+           "main"]
+
+#: name -> (model settings, what it is). ``default`` is the library's default model.
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "default": ({}, "bidirectional GRU, mean+max of its outputs, plus the bag of embeddings (emb)"),
+    "gru_only": ({"pooling": "mean+max"}, "bidirectional GRU, mean+max of its outputs (no emb)"),
+    "emb_only": ({"pooling": "emb"}, "bag of embeddings only (the GRU's outputs are not used)"),
+    "uni_default": ({"bidirectional": False}, "one-direction GRU, mean+max, plus emb"),
+    "uni_gru_only": ({"bidirectional": False, "pooling": "mean+max"}, "one-direction GRU, mean+max (no emb)"),
+}
+
+
+def rows_sha256(rows: Sequence[NewsExample]) -> str:
+    """SHA-256 of the rows as read from the CSV: label, title and description of each row, in order."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.label}\t{row.title}\t{row.description}\n".encode())
+    return digest.hexdigest()
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Where the study ran: processor name, logical CPUs, torch and Python versions, threads, git commit."""
+    return {"processor": _processor(), "cpus": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
+            "git_commit": _git_commit()}
+
+
+def _used_parameters(model: torch.nn.Module, pooling: str) -> int:
+    """Parameters the variant uses: the recurrent layer's are left out when no pooling reads its outputs."""
+    skip_rnn = set(pooling.split("+")) == {"emb"}
+    return sum(p.numel() for name, p in model.named_parameters() if not (skip_rnn and name.startswith("rnn.")))
+
+
+def run_variant(name: str, seed: int, base: TrainConfig, fit: Sequence[NewsExample],
+                validation: Sequence[NewsExample], test: Sequence[NewsExample], threads: int) -> dict[str, Any]:
+    """Train variant ``name`` with ``seed`` on ``fit`` (evaluated on ``validation`` every epoch), score the test
+    rows once; its scores, parameters and seconds (``seconds``: the whole call, vocabulary and word vectors
+    included; ``train_seconds``: the optimisation steps only)."""
+    from gru_lib.evaluate import evaluate_model
+    from gru_lib.train import train
+
+    config = dataclasses.replace(base, seed=seed, val_fraction=0.0, **VARIANTS[name][0])
+    started = time.perf_counter()
+    result = train(config, fit, validation, log=None, progress=False, threads=threads)
+    seconds = time.perf_counter() - started
+    test_set = encode_examples(test, result.vocab, config)
+    cm, _ = evaluate_model(result.model, test_set, batch_size=config.eval_batch_size,
+                           pad_index=result.vocab.pad_index)
+    report = classification_report(cm, CLASSES)
+    return {"variant": name, "seed": seed, "pooling": config.model.pooling,
+            "bidirectional": config.model.bidirectional,
+            "val_accuracy": result.history[-1]["eval_accuracy"],
+            "val_macro_f1": result.history[-1]["eval_macro_f1"],
+            "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+            "parameters": _used_parameters(result.model, config.model.pooling),
+            "seconds": seconds, "train_seconds": result.train_seconds, "epochs": config.epochs,
+            "steps": result.steps}
+
+
+def run_baselines(fit: Sequence[NewsExample], validation: Sequence[NewsExample], test: Sequence[NewsExample],
+                  grid: Sequence[float] = C_GRID) -> list[dict[str, Any]]:
+    """Every TF-IDF (:data:`NGRAMS`) x linear model (:data:`MODELS`): ``C`` chosen on ``validation``, fitted on
+    ``fit`` only, scored once on ``test``."""
+    y_test = np.array([e.label for e in test])
+    rows = []
+    for ngrams in NGRAMS:
+        for model in MODELS:
+            started = time.perf_counter()
+            tuned = tune_linear(fit, validation, ngrams=ngrams, model=model, grid=grid)
+            report = classification_report(confusion_matrix(y_test, tuned.predict(test), len(CLASSES)), CLASSES)
+            rows.append({"ngrams": ngrams, "model": model, "C": tuned.C, "features": tuned.features,
+                         "val_accuracy_by_C": {str(c): a for c, a in tuned.validation.items()},
+                         "val_accuracy": tuned.validation[tuned.C], "test_accuracy": report["accuracy"],
+                         "test_macro_f1": report["macro_f1"], "seconds": time.perf_counter() - started})
+    return rows
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per variant: mean and standard deviation (n - 1; 0 for one run) over seeds of the scores and seconds."""
+    keys = ("val_accuracy", "test_accuracy", "test_macro_f1", "seconds", "parameters")
+    table: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == name]
+        row: dict[str, float] = {"runs": len(mine)}
+        for key in keys:
+            values = [float(r[key]) for r in mine]
+            row[f"{key}_mean"] = statistics.mean(values)
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        table[name] = row
+    return table
+
+
+def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], base: TrainConfig,
+              val_fraction: float, threads: int, grid: Sequence[float] = C_GRID,
+              log: typing.Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole study on the rows in ``data_dir``: the baselines, then every variant for every seed."""
+    study_started = time.perf_counter()
+    train_rows, test_rows = load_ag_news("train", data_dir), load_ag_news("test", data_dir)
+    fit, validation = split_validation(train_rows, val_fraction, seed=0)
+    baselines = run_baselines(fit, validation, test_rows, grid)
+    for row in baselines:
+        log(json.dumps({k: v for k, v in row.items() if k != "val_accuracy_by_C"}))
+    runs = []
+    for name in variants:
+        for seed in seeds:
+            runs.append(run_variant(name, seed, base, fit, validation, test_rows, threads))
+            log(json.dumps(runs[-1]))
+    return {
+        "rows": {"train": len(train_rows), "fit": len(fit), "validation": len(validation),
+                 "test": len(test_rows), "train_sha256": rows_sha256(train_rows),
+                 "test_sha256": rows_sha256(test_rows), "split": {"val_fraction": val_fraction, "seed": 0}},
+        "machine": machine_info(threads),
+        "settings": base.to_dict(),
+        "variants": {name: {"settings": VARIANTS[name][0], "description": VARIANTS[name][1]}
+                     for name in variants},
+        "seeds": list(seeds),
+        "runs": runs,
+        "summary": summarize(runs),
+        "baselines": baselines,
+        "baseline_grid": list(grid),
+        "baseline_note": "C chosen by validation accuracy; the chosen model is fitted on the fit rows only",
+        "wall_seconds": time.perf_counter() - study_started,
+    }
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags of ``python -m gru_lib.ablation`` (sizes and epochs default to the library's defaults)."""
+    defaults = TrainConfig()
+    parser = _OneLineParser(prog="python -m gru_lib.ablation", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    parser.add_argument("--data", type=Path, default=None, help="data directory (default: GRU_LIB_DATA)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--threads", type=_positive, default=1, help="intra-op threads per training")
+    parser.add_argument("--epochs", type=_positive, default=defaults.epochs)
+    parser.add_argument("--embed-dim", type=_positive, default=defaults.embed_dim)
+    parser.add_argument("--hidden-size", type=_positive, default=defaults.hidden_size)
+    parser.add_argument("--max-len", type=_positive, default=defaults.max_len)
+    parser.add_argument("--grid", type=float, nargs="+", default=list(C_GRID), help="values of C to try")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.val_fraction < 1.0:
+        parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if any(c <= 0 for c in args.grid):
+        parser.error("--grid: every C must be > 0")
+    if args.out.exists() and not args.force:
+        parser.error(f"--out {args.out} exists; pass --force to overwrite it")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study and write its JSON (created atomically, with its directory)."""
+    from gru_lib.errors import GruLibError
+
+    args = parse_args(argv)
+    base = TrainConfig(epochs=args.epochs, max_len=args.max_len, embed_dim=args.embed_dim,
+                       hidden_size=args.hidden_size)
+    try:
+        study = run_study(args.data or default_data_dir(), seeds=args.seeds, variants=args.variants, base=base,
+                          val_fraction=args.val_fraction, threads=args.threads, grid=args.grid)
+    except (GruLibError, OSError) as error:
+        print(f"error: python -m gru_lib.ablation: {error}", file=sys.stderr)
+        return 1
+    given = list(sys.argv[1:] if argv is None else argv)
+    study = {"command": " ".join(["python -m gru_lib.ablation", *given]), **study}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".tmp")
+    partial.write_text(json.dumps(study, indent=1) + "\n")
+    partial.replace(args.out)
+    print(f"wrote {args.out} ({len(study['runs'])} runs, {study['wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
