@@ -1,0 +1,339 @@
+// Inference-only GRU forward for small batches on the CPU (gru_lib.inference), float32, no autograd.
+//
+// One direction of one layer, time-major, PyTorch's "reset-after" GRU with weights stacked r|z|n:
+//   gi = x W_ih^T + b_ih + [b_hr, b_hz, 0]      all T steps in one at::addmm, before the loop
+//   per step, for each block of 16 hidden units j (and each row b):
+//     [a_r, a_z, a_n] = h W_hh[{r,z,n} rows j]^T  hand-written product, weights streamed from L2
+//     r = sigmoid(gi_r + a_r)   z = sigmoid(gi_z + a_z)   n = tanh(gi_n + r * (a_n + b_hn))
+//     h' = n + z * (h - n)                        fused with the product, written straight into out[t]
+//
+// Packed weight (gru_lib.inference.pack_weights): (NB, H, 3, 16), NB = ceil(H / 16); element [jb, k, g, i] =
+// W_hh[g * H + jb * 16 + i, k] (zero for jb * 16 + i >= H). One block's product reads one contiguous run of
+// H * 48 floats, so a thread's share of the weight streams from its core's L2 in address order.
+//
+// Threads: one persistent OpenMP region per call. "cols" mode splits the NB blocks across threads; every step
+// needs the whole previous state, so the threads meet at one barrier per step. "rows" mode splits the batch
+// rows (independent sequences) across threads: no synchronisation at all, each thread reads all of W_hh per
+// step. gru_lib.inference chooses by batch size.
+//
+// Vector code: AVX-512 intrinsics in functions compiled with __attribute__((target)) and chosen at run time
+// (__builtin_cpu_supports), so the build keeps native.py's portable flags (no -march); elsewhere a portable
+// loop (GRU_CLONES: AVX2 / baseline) computes the same thing. exp follows fast_math.h's exp_f (Cephes
+// polynomial, relative error ~2e-7), so results match nn.GRU to float32 rounding (tests: 1e-5).
+//
+// Variable lengths: row b is valid at step t iff t < lengths[b]; padded outputs are 0 and h_n is the state
+// after each row's last valid step (h0 for length 0). A padded row's state is never read as a valid state
+// again (padding only follows the valid steps), so its (discarded) product may use the zeros in out[t - 1].
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include "fast_math.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GRU_HAVE_AVX512_PATH 1
+#define AVX512_FN __attribute__((target("avx512f,fma")))
+#define AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) inline
+#else
+#define GRU_HAVE_AVX512_PATH 0
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 16;           // hidden units per block (one 512-bit vector of floats)
+constexpr int64_t kPanel = 3 * kBlock;   // floats per (block, k): r | z | n
+constexpr int64_t kMaxTile = 8;          // rows per register tile (3 * 8 accumulators)
+
+struct Problem {
+  int64_t T, B, H, NB;
+  const float* gi;            // (T, B, 3H), b_ih and b_hr, b_hz folded in
+  const float* wp;            // (NB, H, 3, 16)
+  const float* bhn;           // (NB * 16): b_hn, zero padded
+  const float* h0;            // (B, H)
+  float* out;                 // (T, B, H)
+  const int64_t* lengths;     // (B,) or nullptr
+
+  const float* prev(int64_t t) const { return t == 0 ? h0 : out + (t - 1) * B * H; }
+  bool padded(int64_t t, int64_t b) const { return lengths != nullptr && t >= lengths[b]; }
+};
+
+// ---- AVX-512 path ----
+#if GRU_HAVE_AVX512_PATH
+
+AVX512_INLINE __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);  // p * 2^k
+}
+
+AVX512_INLINE __m512 sigmoid512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+AVX512_INLINE __m512 tanh512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp512(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+}
+
+// Rows [b0, b0 + BT) of block jb at step t. KU independent accumulator sets over k (summed at the end) keep
+// enough FMAs in flight when BT is small.
+template <int BT, int KU>
+AVX512_FN void tile_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0) {
+  const int64_t H = P.H;
+  const float* hp = P.prev(t) + b0 * H;
+  const float* w = P.wp + jb * H * kPanel;
+  __m512 acc[KU][BT][3];
+  for (int u = 0; u < KU; ++u)
+    for (int b = 0; b < BT; ++b)
+      for (int g = 0; g < 3; ++g) acc[u][b][g] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + KU <= H; k += KU) {
+    for (int u = 0; u < KU; ++u) {
+      const float* wk = w + (k + u) * kPanel;
+      const __m512 w0 = _mm512_load_ps(wk), w1 = _mm512_load_ps(wk + 16), w2 = _mm512_load_ps(wk + 32);
+      for (int b = 0; b < BT; ++b) {
+        const __m512 hb = _mm512_set1_ps(hp[b * H + k + u]);
+        acc[u][b][0] = _mm512_fmadd_ps(w0, hb, acc[u][b][0]);
+        acc[u][b][1] = _mm512_fmadd_ps(w1, hb, acc[u][b][1]);
+        acc[u][b][2] = _mm512_fmadd_ps(w2, hb, acc[u][b][2]);
+      }
+    }
+  }
+  for (; k < H; ++k) {
+    const float* wk = w + k * kPanel;
+    const __m512 w0 = _mm512_load_ps(wk), w1 = _mm512_load_ps(wk + 16), w2 = _mm512_load_ps(wk + 32);
+    for (int b = 0; b < BT; ++b) {
+      const __m512 hb = _mm512_set1_ps(hp[b * H + k]);
+      acc[0][b][0] = _mm512_fmadd_ps(w0, hb, acc[0][b][0]);
+      acc[0][b][1] = _mm512_fmadd_ps(w1, hb, acc[0][b][1]);
+      acc[0][b][2] = _mm512_fmadd_ps(w2, hb, acc[0][b][2]);
+    }
+  }
+  for (int u = 1; u < KU; ++u)
+    for (int b = 0; b < BT; ++b)
+      for (int g = 0; g < 3; ++g) acc[0][b][g] = _mm512_add_ps(acc[0][b][g], acc[u][b][g]);
+
+  const int64_t j0 = jb * kBlock;
+  const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(kBlock, H - j0)) - 1u);
+  const __m512 bn = _mm512_loadu_ps(P.bhn + j0);
+  for (int b = 0; b < BT; ++b) {
+    const int64_t row = b0 + b;
+    float* o = P.out + (t * P.B + row) * H + j0;
+    if (P.padded(t, row)) {
+      _mm512_mask_storeu_ps(o, m, _mm512_setzero_ps());
+      continue;
+    }
+    const float* g = P.gi + (t * P.B + row) * 3 * H + j0;
+    const __m512 r = sigmoid512(_mm512_add_ps(acc[0][b][0], _mm512_maskz_loadu_ps(m, g)));
+    const __m512 z = sigmoid512(_mm512_add_ps(acc[0][b][1], _mm512_maskz_loadu_ps(m, g + H)));
+    const __m512 n = tanh512(_mm512_fmadd_ps(r, _mm512_add_ps(acc[0][b][2], bn), _mm512_maskz_loadu_ps(m, g + 2 * H)));
+    const __m512 h = _mm512_maskz_loadu_ps(m, hp + b * H + j0);
+    _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(z, _mm512_sub_ps(h, n), n));
+  }
+}
+
+void rows_block_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0, int64_t b1) {
+  const int64_t rows = b1 - b0;
+  const int64_t tiles = (rows + kMaxTile - 1) / kMaxTile;
+  for (int64_t i = 0; i < tiles; ++i) {  // near-equal tiles: 9 rows -> 5 + 4, not 8 + 1
+    const int64_t s = b0 + rows * i / tiles, e = b0 + rows * (i + 1) / tiles;
+    switch (e - s) {
+      case 1: tile_avx512<1, 4>(P, t, jb, s); break;
+      case 2: tile_avx512<2, 2>(P, t, jb, s); break;
+      case 3: tile_avx512<3, 2>(P, t, jb, s); break;
+      case 4: tile_avx512<4, 1>(P, t, jb, s); break;
+      case 5: tile_avx512<5, 1>(P, t, jb, s); break;
+      case 6: tile_avx512<6, 1>(P, t, jb, s); break;
+      case 7: tile_avx512<7, 1>(P, t, jb, s); break;
+      default: tile_avx512<8, 1>(P, t, jb, s); break;
+    }
+  }
+}
+
+#endif  // GRU_HAVE_AVX512_PATH
+
+// ---- Portable path (same arithmetic, one row at a time, vectorised by the compiler) ----
+
+GRU_CLONES void row_block_generic(const Problem& P, int64_t t, int64_t jb, int64_t row) {
+  using gru_math::sigmoid_f;
+  using gru_math::tanh_f;
+  const int64_t H = P.H;
+  const float* hp = P.prev(t) + row * H;
+  const float* w = P.wp + jb * H * kPanel;
+  float acc[kPanel] = {};
+  for (int64_t k = 0; k < H; ++k) {
+    const float hk = hp[k];
+    for (int64_t i = 0; i < kPanel; ++i) acc[i] += w[k * kPanel + i] * hk;
+  }
+  const int64_t j0 = jb * kBlock, n_j = std::min<int64_t>(kBlock, H - j0);
+  float* o = P.out + (t * P.B + row) * H + j0;
+  if (P.padded(t, row)) {
+    std::fill(o, o + n_j, 0.0f);
+    return;
+  }
+  const float* g = P.gi + (t * P.B + row) * 3 * H + j0;
+  for (int64_t i = 0; i < n_j; ++i) {
+    const float r = sigmoid_f(acc[i] + g[i]);
+    const float z = sigmoid_f(acc[kBlock + i] + g[H + i]);
+    const float n = tanh_f(g[2 * H + i] + r * (acc[2 * kBlock + i] + P.bhn[j0 + i]));
+    o[i] = n + z * (hp[j0 + i] - n);
+  }
+}
+
+using RowsBlockFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t);
+
+void rows_block_generic(const Problem& P, int64_t t, int64_t jb, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) row_block_generic(P, t, jb, b);
+}
+
+bool avx512_available() {
+#if GRU_HAVE_AVX512_PATH
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+RowsBlockFn rows_block_fn(bool allow_avx512) {
+#if GRU_HAVE_AVX512_PATH
+  if (allow_avx512 && avx512_available()) return rows_block_avx512;
+#endif
+  return rows_block_generic;
+}
+
+// ---- The time loop ----
+
+// Part i of n of [0, total): near-equal contiguous ranges.
+std::pair<int64_t, int64_t> share(int64_t total, int64_t n, int64_t i) {
+  return {total * i / n, total * (i + 1) / n};
+}
+
+void thread_count_and_id(int64_t& n, int64_t& id) {
+#if defined(_OPENMP)
+  n = omp_get_num_threads();
+  id = omp_get_thread_num();
+#else
+  n = 1;
+  id = 0;
+#endif
+}
+
+// Every thread runs its rows through all steps; no synchronisation.
+void scan_rows(const Problem& P, RowsBlockFn fn, int64_t threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int64_t n, id;
+    thread_count_and_id(n, id);
+    const auto [b0, b1] = share(P.B, n, id);
+    if (b1 > b0) {
+      for (int64_t t = 0; t < P.T; ++t)
+        for (int64_t jb = 0; jb < P.NB; ++jb) fn(P, t, jb, b0, b1);
+    }
+  }
+}
+
+// Every thread computes its blocks of hidden units for all rows, then waits for the others: one barrier
+// per step (the next step reads the whole state).
+void scan_cols(const Problem& P, RowsBlockFn fn, int64_t threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int64_t n, id;
+    thread_count_and_id(n, id);
+    const auto [j0, j1] = share(P.NB, n, id);
+    for (int64_t t = 0; t < P.T; ++t) {
+      for (int64_t jb = j0; jb < j1; ++jb) fn(P, t, jb, 0, P.B);
+#pragma omp barrier
+    }
+  }
+}
+
+// gi = x W_ih^T + b_ih + [b_hr, b_hz, 0], (T * B, 3H).
+at::Tensor input_projection(const at::Tensor& x2d, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh, int64_t H) {
+  const bool has_ih = b_ih.has_value() && b_ih->defined();
+  const bool has_hh = b_hh.has_value() && b_hh->defined();
+  if (!has_ih && !has_hh) return at::mm(x2d, w_ih.t());
+  at::Tensor bias = has_ih ? b_ih->clone() : at::zeros({3 * H}, x2d.options());
+  if (has_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+  return at::addmm(bias, x2d, w_ih.t());
+}
+
+// h_n: the state after each row's last valid step (h0 for a row of length 0).
+at::Tensor final_state(const at::Tensor& out, const at::Tensor& h0, const int64_t* lengths) {
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  if (lengths == nullptr) return T > 0 ? out[T - 1].clone() : h0.clone();
+  at::Tensor h_n = at::empty_like(h0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = std::min(lengths[b], T);
+    const float* src = L > 0 ? out.data_ptr<float>() + ((L - 1) * B + b) * H : h0.data_ptr<float>() + b * H;
+    std::memcpy(h_n.data_ptr<float>() + b * H, src, sizeof(float) * H);
+  }
+  return h_n;
+}
+
+// mode: "rows" or "cols" (see the header comment); threads <= 0: at::get_num_threads().
+std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& w_ih,
+                                          const at::Tensor& packed, const c10::optional<at::Tensor>& b_ih,
+                                          const c10::optional<at::Tensor>& b_hh,
+                                          const c10::optional<at::Tensor>& lengths_, const std::string& mode,
+                                          int64_t threads, bool allow_avx512) {
+  TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == at::kFloat, "gru_infer: x must be a float32 CPU tensor");
+  TORCH_CHECK(mode == "rows" || mode == "cols", "gru_infer: mode must be 'rows' or 'cols', got ", mode);
+  const int64_t T = x_.size(0), B = x_.size(1), D = x_.size(2), H = h0_.size(1);
+  const int64_t NB = (H + kBlock - 1) / kBlock;
+  TORCH_CHECK(packed.dim() == 4 && packed.size(0) == NB && packed.size(1) == H && packed.size(2) == 3 &&
+                  packed.size(3) == kBlock && packed.is_contiguous(),
+              "gru_infer: packed weight must be pack_weights(w_hh) of shape (", NB, ", ", H, ", 3, 16)");
+  const at::Tensor h0 = h0_.contiguous();
+  const at::Tensor lengths = lengths_.has_value() ? lengths_->contiguous() : at::Tensor();
+  const int64_t* lens = lengths.defined() && lengths.numel() > 0 ? lengths.data_ptr<int64_t>() : nullptr;
+  at::Tensor bhn = at::zeros({NB * kBlock}, x_.options());
+  if (b_hh.has_value() && b_hh->defined()) bhn.narrow(0, 0, H).copy_(b_hh->narrow(0, 2 * H, H));
+
+  at::Tensor out = at::empty({T, B, H}, x_.options());
+  if (T > 0 && B > 0) {
+    const at::Tensor gi = input_projection(x_.reshape({T * B, D}), w_ih, b_ih, b_hh, H).contiguous();
+    const Problem P{T, B, H, NB, gi.data_ptr<float>(), packed.data_ptr<float>(), bhn.data_ptr<float>(),
+                    h0.data_ptr<float>(), out.data_ptr<float>(), lens};
+    const int64_t wanted = threads > 0 ? threads : at::get_num_threads();
+    const RowsBlockFn fn = rows_block_fn(allow_avx512);
+    if (mode == "rows") {
+      scan_rows(P, fn, std::max<int64_t>(1, std::min(wanted, B)));
+    } else {
+      scan_cols(P, fn, std::max<int64_t>(1, std::min(wanted, NB)));
+    }
+  }
+  return {out, final_state(out, h0, lens)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &gru_infer_forward, "inference GRU scan of one direction, float32 CPU");
+  m.def("avx512", &avx512_available, "whether this CPU runs the AVX-512 kernel");
+}

@@ -1,0 +1,145 @@
+"""An inference-only GRU scan for the CPU (``csrc/gru_infer.cpp``): :func:`gru_lib.fast.fast_gru_scan`'s
+forward contract, float32, without autograd, fast for small batches.
+
+One direction of one layer, time-major, PyTorch's "reset-after" GRU with weights stacked r|z|n::
+
+    GI = X W_ih^T + b_ih                                  all T steps in one matrix product
+    per step t: r = sigmoid(GI_r[t] + h W_hr^T + b_hr)     z = sigmoid(GI_z[t] + h W_hz^T + b_hz)
+                n = tanh(GI_n[t] + r * (h W_hn^T + b_hn))   h' = n + z * (h - n)
+
+The per-step product ``h W_hh^T`` is a hand-written AVX-512 kernel (a portable loop elsewhere) fused with the
+gates, reading ``W_hh`` in the packed layout of :func:`pack_weights`, with the whole time loop in C++.
+
+Use it only where no gradient is needed: :func:`unsupported_reason` says ``None`` when
+:func:`gru_infer_scan` applies, else why not (the caller then takes its usual path).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from gru_lib import native
+
+__all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
+           "choose_mode", "extension", "ROWS_MIN_BATCH"]
+
+_STEM = "gru_infer"
+BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32)
+# Batches at least this large split their rows across threads (no barrier per step); smaller ones split the
+# hidden units, with one barrier per step (benchmarks/infer_bench.py measures both).
+ROWS_MIN_BATCH = 8
+_CACHE_SIZE = 16
+
+
+def extension() -> ModuleType | None:
+    """The compiled ``csrc/gru_infer.cpp`` (:func:`gru_lib.native.load`), or ``None``."""
+    return native.load(_STEM)
+
+
+def pack_weights(w_hh: Tensor) -> Tensor:
+    """``W_hh`` (3H, H), stacked r|z|n, as a contiguous (NB, H, 3, 16) float32 tensor, NB = ceil(H / 16):
+    element ``[jb, k, g, i] = W_hh[g*H + jb*16 + i, k]``, zero where ``jb*16 + i >= H``. One block of 16
+    hidden units then reads H*48 consecutive floats per step."""
+    if w_hh.dim() != 2 or w_hh.size(0) != 3 * w_hh.size(1):
+        raise ValueError(f"pack_weights: w_hh must have shape (3H, H), got {tuple(w_hh.shape)}")
+    hidden = w_hh.size(1)
+    blocks = math.ceil(hidden / BLOCK)
+    w = w_hh.detach().to(torch.float32).reshape(3, hidden, hidden)
+    w = F.pad(w, (0, 0, 0, blocks * BLOCK - hidden))  # (3, NB*16, H): zero rows for the padded units
+    return w.view(3, blocks, BLOCK, hidden).permute(1, 3, 0, 2).contiguous()
+
+
+# key (data_ptr, shape, stride) -> (weak reference to the weight, its version counter, packed weight)
+_CACHE: OrderedDict[tuple, tuple[weakref.ref, int, Tensor]] = OrderedDict()
+
+
+def _version(w: Tensor) -> int | None:
+    try:
+        return w._version
+    except RuntimeError:  # inference tensors (torch.inference_mode) have no version counter
+        return None
+
+
+def packed_weights(w_hh: Tensor) -> Tensor:
+    """:func:`pack_weights` of ``w_hh``, cached. A cached entry serves only the same tensor object, at the
+    same address, shape and strides, whose version counter has not moved: every in-place change through
+    the tensor (``w.add_``, an optimizer step, ``copy_``, ``load_state_dict``) bumps the counter and so
+    repacks. Changes that bypass the counter (writes through ``w.data``, or through another tensor built
+    on the same memory without ``view``/``detach``) are not seen: call :func:`clear_cache` after those.
+    Tensors without a counter (created under ``torch.inference_mode``) are packed on every call."""
+    version = _version(w_hh)
+    if version is None:
+        return pack_weights(w_hh)
+    key = (w_hh.data_ptr(), tuple(w_hh.shape), tuple(w_hh.stride()), w_hh.dtype)
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0]() is w_hh and entry[1] == version:
+        _CACHE.move_to_end(key)
+        return entry[2]
+    packed = pack_weights(w_hh)
+    _CACHE[key] = (weakref.ref(w_hh), version, packed)
+    _CACHE.move_to_end(key)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return packed
+
+
+def clear_cache() -> None:
+    """Forget every packed weight (see :func:`packed_weights`)."""
+    _CACHE.clear()
+
+
+def choose_mode(batch: int) -> str:
+    """``"rows"`` (threads split the batch rows) for ``batch >= ROWS_MIN_BATCH``, else ``"cols"`` (threads
+    split the hidden units, one barrier per step)."""
+    return "rows" if batch >= ROWS_MIN_BATCH else "cols"
+
+
+def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                       b_hh: Tensor | None, lengths: Tensor | None = None) -> str | None:
+    """``None`` when :func:`gru_infer_scan` runs these arguments, else why it does not: the extension is
+    not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode on and an
+    input requires grad), or autocast is on for the CPU."""
+    if extension() is None:
+        return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'disabled'})"
+    named = {"x": x, "h0": h0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    for name, t in named.items():
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return f"{name} is {t.dtype} on {t.device}; gru_infer_scan takes float32 CPU tensors"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in named.values()):
+        return "a gradient could be needed (grad mode on and an input requires grad)"
+    if torch.is_autocast_enabled("cpu"):
+        return "autocast is enabled for the CPU"
+    return None
+
+
+def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                   b_hh: Tensor | None, lengths: Tensor | None = None, *, mode: str | None = None,
+                   threads: int = 0) -> tuple[Tensor, Tensor]:
+    """:func:`gru_lib.fast.fast_gru_scan` forward (``reverse=False``) without autograd: x (T, B, D), h0
+    (B, H), lengths (B,) or None; returns output (T, B, H), zero at ``t >= lengths[b]``, and h_n (B, H),
+    the state after each sequence's last valid step (h0 for length 0). Raises ValueError with
+    :func:`unsupported_reason`'s message when that is not None. ``mode`` (``"rows"``/``"cols"``, default
+    :func:`choose_mode`) and ``threads`` (default ``torch.get_num_threads()``) exist for measurements."""
+    reason = unsupported_reason(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+    if reason is not None:
+        raise ValueError(f"gru_infer_scan: {reason}")
+    steps, batch, inputs = x.shape
+    hidden = w_hh.size(1)
+    if h0.shape != (batch, hidden) or w_ih.shape != (3 * hidden, inputs):
+        raise ValueError(f"gru_infer_scan: shapes x {tuple(x.shape)}, h0 {tuple(h0.shape)}, "
+                         f"w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)} do not fit (T, B, D), (B, H), (3H, D), (3H, H)")
+    if lengths is not None:
+        if lengths.shape != (batch,):
+            raise ValueError(f"gru_infer_scan: lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        lengths = None if bool((lengths >= steps).all()) else lengths.to("cpu", torch.int64).clamp(max=steps)
+    with torch.no_grad():
+        out, h_n = extension().forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, lengths,
+                                       mode or choose_mode(batch), threads, True)
+    return out, h_n
