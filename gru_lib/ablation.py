@@ -43,7 +43,7 @@ from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.prepare import encode_examples, split_validation
 
 __all__ = ["VARIANTS", "rows_sha256", "machine_info", "run_variant", "run_baselines", "run_study", "summarize",
-           "main"]
+           "write_study", "main"]
 
 #: name -> (model settings, what it is). ``default`` is the library's default model.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
@@ -154,37 +154,53 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
+def _record(rows: dict[str, Any], threads: int, base: TrainConfig, variants: Sequence[str],
+            seeds: Sequence[int], runs: list[dict[str, Any]], baselines: list[dict[str, Any]],
+            grid: Sequence[float], started: float, complete: bool) -> dict[str, Any]:
+    """The study as stored: rows, machine, settings, runs, their summary and the baselines."""
+    return {
+        "complete": complete, "rows": rows, "machine": machine_info(threads), "settings": base.to_dict(),
+        "variants": {name: {"settings": VARIANTS[name][0], "description": VARIANTS[name][1]}
+                     for name in variants},
+        "seeds": list(seeds), "runs": runs, "summary": summarize(runs), "baselines": baselines,
+        "baseline_grid": list(grid),
+        "baseline_note": "C chosen by validation accuracy; the chosen model is fitted on the fit rows only",
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
 def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], base: TrainConfig,
               val_fraction: float, threads: int, grid: Sequence[float] = C_GRID,
-              log: typing.Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole study on the rows in ``data_dir``: the baselines, then every variant for every seed."""
-    study_started = time.perf_counter()
-    train_rows, test_rows = load_ag_news("train", data_dir), load_ag_news("test", data_dir)
+              save: typing.Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole study on the rows in ``data_dir``: the baselines, then every variant for every seed. Each
+    result is printed as one JSON line (flushed, so a log file follows the study), and ``save`` receives the
+    study so far (``complete`` false) after each, so a stopped study keeps what it measured."""
+    started = time.perf_counter()
+    train_rows = load_ag_news("train", data_dir, download=False)
+    test_rows = load_ag_news("test", data_dir, download=False)
     fit, validation = split_validation(train_rows, val_fraction, seed=0)
+    rows = {"train": len(train_rows), "fit": len(fit), "validation": len(validation), "test": len(test_rows),
+            "train_sha256": rows_sha256(train_rows), "test_sha256": rows_sha256(test_rows),
+            "split": {"val_fraction": val_fraction, "seed": 0}}
     baselines = run_baselines(fit, validation, test_rows, grid)
     for row in baselines:
-        log(json.dumps({k: v for k, v in row.items() if k != "val_accuracy_by_C"}))
-    runs = []
+        print(json.dumps({k: v for k, v in row.items() if k != "val_accuracy_by_C"}), flush=True)
+    runs: list[dict[str, Any]] = []
     for name in variants:
         for seed in seeds:
             runs.append(run_variant(name, seed, base, fit, validation, test_rows, threads))
-            log(json.dumps(runs[-1]))
-    return {
-        "rows": {"train": len(train_rows), "fit": len(fit), "validation": len(validation),
-                 "test": len(test_rows), "train_sha256": rows_sha256(train_rows),
-                 "test_sha256": rows_sha256(test_rows), "split": {"val_fraction": val_fraction, "seed": 0}},
-        "machine": machine_info(threads),
-        "settings": base.to_dict(),
-        "variants": {name: {"settings": VARIANTS[name][0], "description": VARIANTS[name][1]}
-                     for name in variants},
-        "seeds": list(seeds),
-        "runs": runs,
-        "summary": summarize(runs),
-        "baselines": baselines,
-        "baseline_grid": list(grid),
-        "baseline_note": "C chosen by validation accuracy; the chosen model is fitted on the fit rows only",
-        "wall_seconds": time.perf_counter() - study_started,
-    }
+            print(json.dumps(runs[-1]), flush=True)
+            if save is not None:
+                save(_record(rows, threads, base, variants, seeds, runs, baselines, grid, started, False))
+    return _record(rows, threads, base, variants, seeds, runs, baselines, grid, started, True)
+
+
+def write_study(path: Path, study: dict[str, Any]) -> None:
+    """Write ``study`` to ``path`` as JSON, atomically (through a temporary file), creating its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(study, indent=1) + "\n")
+    partial.replace(path)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -208,7 +224,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    parser.add_argument("--data", type=Path, default=None, help="data directory (default: GRU_LIB_DATA)")
+    parser.add_argument("--data", type=Path, default=None, help="the directory holding ag_news/ "
+                        "(default: GRU_LIB_DATA; the files are read, never downloaded)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--val-fraction", type=float, default=0.1)
@@ -229,24 +246,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study and write its JSON (created atomically, with its directory)."""
+    """Run the study, writing its JSON after every run (``complete`` true once it has finished)."""
     from gru_lib.errors import GruLibError
 
     args = parse_args(argv)
+    command = " ".join(["python -m gru_lib.ablation", *(sys.argv[1:] if argv is None else argv)])
     base = TrainConfig(epochs=args.epochs, max_len=args.max_len, embed_dim=args.embed_dim,
                        hidden_size=args.hidden_size)
     try:
         study = run_study(args.data or default_data_dir(), seeds=args.seeds, variants=args.variants, base=base,
-                          val_fraction=args.val_fraction, threads=args.threads, grid=args.grid)
+                          val_fraction=args.val_fraction, threads=args.threads, grid=args.grid,
+                          save=lambda so_far: write_study(args.out, {"command": command, **so_far}))
     except (GruLibError, OSError) as error:
         print(f"error: python -m gru_lib.ablation: {error}", file=sys.stderr)
         return 1
-    given = list(sys.argv[1:] if argv is None else argv)
-    study = {"command": " ".join(["python -m gru_lib.ablation", *given]), **study}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".tmp")
-    partial.write_text(json.dumps(study, indent=1) + "\n")
-    partial.replace(args.out)
+    write_study(args.out, {"command": command, **study})
     print(f"wrote {args.out} ({len(study['runs'])} runs, {study['wall_seconds']:.0f} s)")
     return 0
 
