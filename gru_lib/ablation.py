@@ -104,9 +104,9 @@ def run_variant(name: str, seed: int, base: TrainConfig, fit: Sequence[NewsExamp
     from gru_lib.train import train
 
     config = dataclasses.replace(base, seed=seed, val_fraction=0.0, **VARIANTS[name][0])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = train(config, fit, validation, log=None, progress=False, threads=threads)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     test_set = encode_examples(test, result.vocab, config)
     cm, _ = evaluate_model(result.model, test_set, batch_size=config.eval_batch_size,
                            pad_index=result.vocab.pad_index)
@@ -117,7 +117,8 @@ def run_variant(name: str, seed: int, base: TrainConfig, fit: Sequence[NewsExamp
             "val_macro_f1": result.history[-1]["eval_macro_f1"],
             "test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
             "parameters": _used_parameters(result.model, config.model.pooling),
-            "seconds": seconds, "train_seconds": result.train_seconds, "epochs": config.epochs,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "train_seconds": result.train_seconds,
+            "epochs": config.epochs,
             "steps": result.steps}
 
 
@@ -141,7 +142,7 @@ def run_baselines(fit: Sequence[NewsExample], validation: Sequence[NewsExample],
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per variant: mean and standard deviation (n - 1; 0 for one run) over seeds of the scores and seconds."""
-    keys = ("val_accuracy", "test_accuracy", "test_macro_f1", "seconds", "parameters")
+    keys = ("val_accuracy", "test_accuracy", "test_macro_f1", "seconds", "cpu_seconds", "parameters")
     table: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == name]
@@ -154,12 +155,12 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def _record(rows: dict[str, Any], threads: int, base: TrainConfig, variants: Sequence[str],
+def _record(rows: dict[str, Any], machine: dict[str, Any], base: TrainConfig, variants: Sequence[str],
             seeds: Sequence[int], runs: list[dict[str, Any]], baselines: list[dict[str, Any]],
             grid: Sequence[float], started: float, complete: bool) -> dict[str, Any]:
     """The study as stored: rows, machine, settings, runs, their summary and the baselines."""
     return {
-        "complete": complete, "rows": rows, "machine": machine_info(threads), "settings": base.to_dict(),
+        "complete": complete, "rows": rows, "machine": machine, "settings": base.to_dict(),
         "variants": {name: {"settings": VARIANTS[name][0], "description": VARIANTS[name][1]}
                      for name in variants},
         "seeds": list(seeds), "runs": runs, "summary": summarize(runs), "baselines": baselines,
@@ -175,7 +176,7 @@ def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], 
     """The whole study on the rows in ``data_dir``: the baselines, then every variant for every seed. Each
     result is printed as one JSON line (flushed, so a log file follows the study), and ``save`` receives the
     study so far (``complete`` false) after each, so a stopped study keeps what it measured."""
-    started = time.perf_counter()
+    started, machine = time.perf_counter(), machine_info(threads)
     train_rows = load_ag_news("train", data_dir, download=False)
     test_rows = load_ag_news("test", data_dir, download=False)
     fit, validation = split_validation(train_rows, val_fraction, seed=0)
@@ -191,8 +192,8 @@ def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], 
             runs.append(run_variant(name, seed, base, fit, validation, test_rows, threads))
             print(json.dumps(runs[-1]), flush=True)
             if save is not None:
-                save(_record(rows, threads, base, variants, seeds, runs, baselines, grid, started, False))
-    return _record(rows, threads, base, variants, seeds, runs, baselines, grid, started, True)
+                save(_record(rows, machine, base, variants, seeds, runs, baselines, grid, started, False))
+    return _record(rows, machine, base, variants, seeds, runs, baselines, grid, started, True)
 
 
 def write_study(path: Path, study: dict[str, Any]) -> None:

@@ -89,7 +89,7 @@ def test_fingerprint_sees_one_changed_row() -> None:
 
 def test_summary_is_mean_and_sample_std() -> None:
     runs = [{"variant": "x", "val_accuracy": v, "test_accuracy": 0.5, "test_macro_f1": 0.5, "seconds": 2.0,
-             "parameters": 10} for v in (0.7, 0.8, 0.9)]
+             "cpu_seconds": 1.0, "parameters": 10} for v in (0.7, 0.8, 0.9)]
     row = summarize(runs)["x"]
     assert row["val_accuracy_mean"] == pytest.approx(0.8) and row["val_accuracy_std"] == pytest.approx(0.1)
     assert row["test_accuracy_std"] == 0.0 and row["runs"] == 3
