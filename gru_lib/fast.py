@@ -26,6 +26,13 @@ Two implementations of that contract, with the same arguments and results:
 
 Under autocast (``torch.autocast``, bf16 or fp16) the matrix products run in the autocast dtype while the
 gate arithmetic, states and gradients stay in the parameters' dtype, as autocast does for ``F.linear``.
+The C++ loop computes in float32 and float64; float16 and bfloat16 parameters take the PyTorch implementation.
+
+Where ``nn.GRU`` goes, FastGRU follows: the autograd Function has a ``vmap`` rule (``torch.func.vmap``, per-sample
+gradients) and a ``jvp`` (forward mode, ``jacfwd``, ``hessian``), and when its backward must itself be
+differentiable (``create_graph=True``: gradient penalties, Hessian-vector products) or runs under a torch.func
+transform, the gradients come from :func:`_differentiable_scan`, the same function in out-of-place PyTorch
+operations, differentiated by autograd; the ordinary backward keeps the hand-written BPTT above.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from gru_lib import native
 from gru_lib.layer import GRU, _valid_mask
@@ -58,9 +64,11 @@ def extension_error() -> str | None:
     return native.load_error(_STEM)
 
 
-def backend_name(device: torch.device | str = "cpu") -> str:
-    """``"cpp"`` when FastGRU runs its C++ loop on tensors of this device, else ``"torch"``."""
-    return "cpp" if torch.device(device).type == "cpu" and extension() is not None else "torch"
+def backend_name(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str:
+    """``"cpp"`` when FastGRU runs its C++ loop on tensors of this device and dtype (float32 or float64 on the
+    CPU, with the extension built), else ``"torch"``."""
+    on_cpu = torch.device(device).type == "cpu" and dtype in _CPP_DTYPES
+    return "cpp" if on_cpu and extension() is not None else "torch"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,20 +177,86 @@ class _Impl:
 _TORCH_IMPL = _Impl(_torch_forward, _torch_backward)
 
 
+# The dtypes the C++ loop computes in; float16 and bfloat16 parameters take the PyTorch implementation.
+_CPP_DTYPES = (torch.float32, torch.float64)
+
+
 def _impl_for(x: Tensor) -> _Impl:
-    module = extension() if x.device.type == "cpu" else None
+    module = extension() if x.device.type == "cpu" and x.dtype in _CPP_DTYPES else None
     return _Impl(module.forward, module.backward) if module is not None else _TORCH_IMPL
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The derivative path: the same function in out-of-place PyTorch operations, for what the hand-written backward
+# cannot do (a backward that is itself differentiated, or one that runs under a torch.func transform).
+
+
+def _differentiable_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                         b_hh: Tensor | None, lengths: Tensor | None, mm_name: str) -> tuple[Tensor, Tensor]:
+    """The scan's (output, h_n) without ``out=`` or in-place writes, so that autograd and torch.func
+    differentiate it to any order and ``vmap`` runs it; equal to the fast forward up to rounding
+    (``h' = lerp(n, h, z) = n + z (h - n)``; past a sequence's end the state is held and the output is 0)."""
+    hidden = h0.size(-1)
+    dt = _mm_dtype(mm_name, x.dtype)
+    gi = _mm(x, w_ih.t(), dt)
+    if b_ih is not None:
+        gi = gi + b_ih
+    valid = _valid_mask(lengths, x.size(0), x.device)
+    h, outputs = h0, []
+    for t, gi_t in enumerate(gi.unbind(0)):
+        gh = _mm(h, w_hh.t(), dt)
+        if b_hh is not None:
+            gh = gh + b_hh
+        r, z = torch.sigmoid(gi_t[..., : 2 * hidden] + gh[..., : 2 * hidden]).chunk(2, dim=-1)
+        step = torch.lerp(torch.tanh(gi_t[..., 2 * hidden :] + r * gh[..., 2 * hidden :]), h, z)
+        h = step if valid is None else torch.where(valid[t], step, h)
+        outputs.append(h if valid is None else torch.where(valid[t], h, 0.0))
+    return torch.stack(outputs), h
+
+
+def _differentiable_backward(ctx: Any, d_out: Tensor, d_h_n: Tensor) -> tuple[Tensor | None, ...]:
+    """The vector-Jacobian product of :func:`_differentiable_scan` at the saved inputs: the gradients of
+    (x, h0, w_ih, w_hh, b_ih, b_hh), themselves differentiable (torch.func.vjp composes with autograd)."""
+    primals = ctx.saved_tensors[:6]
+    bias = [b is not None for b in primals[4:]]
+    _, vjp = torch.func.vjp(_scan_of(bias, ctx), *(p for p in primals if p is not None))
+    grads = iter(vjp((d_out, d_h_n)))
+    return tuple(next(grads) if p is not None else None for p in primals)
+
+
+def _scan_of(bias: list[bool], ctx: Any) -> Callable[..., tuple[Tensor, Tensor]]:
+    """:func:`_differentiable_scan` as a function of the tensors only (x, h0, w_ih, w_hh, then the biases
+    that are present, as ``bias`` says), with ``ctx``'s lengths and product dtype."""
+
+    def scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, *biases: Tensor) -> tuple[Tensor, Tensor]:
+        given = iter(biases)
+        b_ih, b_hh = (next(given) if present else None for present in bias)
+        return _differentiable_scan(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.lengths, ctx.mm_name)
+
+    return scan
+
+
+def _is_transformed(*tensors: Tensor) -> bool:
+    """Whether any of these is a torch.func wrapper (vmap's batched tensor, grad's tracking tensor) or the
+    batched gradient of ``autograd.grad(..., is_grads_batched=True)``: tensors without storage of their own."""
+    functorch = torch._C._functorch
+    return any(functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t) for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 
 class _ScanFunction(torch.autograd.Function):
-    """One direction of one layer, forward time order, masked by ``lengths``; returns (output, h_n)."""
+    """One direction of one layer, forward time order, masked by ``lengths``; returns (output, h_n, saved):
+    ``saved`` (T, B, 4H) holds the gates for backward (None when not training) and is not differentiable.
+
+    ``backward`` is the hand-written BPTT of the implementation, unless it must be differentiable itself
+    (``create_graph=True``) or runs under a torch.func transform: then it is the derivative of
+    :func:`_differentiable_scan`. ``vmap`` folds a vmapped dimension into the batch when only the data is
+    batched, and otherwise scans each vmapped slice in turn."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         x: Tensor,
         h0: Tensor,
         w_ih: Tensor,
@@ -193,25 +267,87 @@ class _ScanFunction(torch.autograd.Function):
         mm_name: str,
         impl: _Impl,
         training: bool,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         out, h_n, saved = impl.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, training, mm_name)
-        if training:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, out, saved)
-            ctx.lengths, ctx.mm_name, ctx.impl = lengths, mm_name, impl
-            ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, h_n
+        return out, h_n, saved
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, d_out: Tensor, d_h_n: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, h0, w_ih, w_hh, out, saved = ctx.saved_tensors
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, mm_name, impl, training = inputs
+        out, _, saved = output
+        if saved is not None:
+            ctx.mark_non_differentiable(saved)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for ``saved`` (nor for an unused output)
+        if training:
+            ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, out, saved)
+        ctx.save_for_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+        ctx.lengths, ctx.mm_name, ctx.impl = lengths, mm_name, impl
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor | None, d_h_n: Tensor | None, _d_saved: None
+    ) -> tuple[Tensor | None, ...]:
+        x, h0, w_ih, w_hh, b_ih, b_hh, out, saved = ctx.saved_tensors
+        d_out = torch.zeros_like(out) if d_out is None else d_out
+        d_h_n = torch.zeros_like(h0) if d_h_n is None else d_h_n
+        if torch.is_grad_enabled() or _is_transformed(d_out, d_h_n, x, h0):
+            return _differentiable_backward(ctx, d_out, d_h_n) + (None, None, None, None)
         with torch.autocast(x.device.type, enabled=False):
             dx, dh0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = ctx.impl.backward(
                 d_out, d_h_n, x, h0, w_ih, w_hh, out, saved, ctx.lengths, ctx.mm_name
             )
-        has_ih, has_hh = ctx.has_bias
-        grads = (dx, dh0, d_w_ih, d_w_hh, d_b_ih if has_ih else None, d_b_hh if has_hh else None)
-        return grads + (None, None, None, None)
+        biases = (d_b_ih if b_ih is not None else None, d_b_hh if b_hh is not None else None)
+        return (dx, dh0, d_w_ih, d_w_hh, *biases, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor, Tensor, None]:
+        """Forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``, ``jacfwd``, ``hessian``): the
+        Jacobian-vector product of :func:`_differentiable_scan`, a missing tangent counting as zero. It is the
+        transpose of the (linear) vector-Jacobian product, by reverse mode twice: forward mode inside an
+        autograd.Function's jvp would nest dual levels, which autograd's forward_ad does not support."""
+        primals = ctx.saved_tensors
+        present = [(p, torch.zeros_like(p) if d is None else d) for p, d in zip(primals, tangents) if p is not None]
+        bias = [b is not None for b in primals[4:]]
+        outputs, vjp = torch.func.vjp(_scan_of(bias, ctx), *(p for p, _ in present))
+        _, transpose = torch.func.vjp(vjp, tuple(torch.zeros_like(o) for o in outputs))
+        (d_out, d_h_n), = transpose(tuple(d for _, d in present))
+        return d_out, d_h_n, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        if all(dim is None for dim in in_dims[2:]):
+            return _scan_folded(info.batch_size, in_dims, *args)
+        return _scan_each(info.batch_size, in_dims, *args)
+
+
+def _scan_folded(
+    size: int, in_dims: tuple[int | None, ...], x: Tensor, h0: Tensor, *rest: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """vmap of the scan over ``size`` slices of x and/or h0 with shared weights: one scan of a batch ``size``
+    times as large (slice v, row b is row v * B + b), the results split back (vmapped dim 1, 0, 1)."""
+    steps, hidden = x.size(1 if in_dims[0] == 0 else 0), h0.size(-1)
+    xs = x.movedim(in_dims[0], 1) if in_dims[0] is not None else x.unsqueeze(1).expand(steps, size, *x.shape[1:])
+    hs = h0.movedim(in_dims[1], 0) if in_dims[1] is not None else h0.expand(size, *h0.shape)
+    batch = hs.size(1)
+    lengths = rest[4]
+    rest = rest[:4] + (None if lengths is None else lengths.repeat(size),) + rest[5:]
+    flat = (xs.reshape(steps, size * batch, -1), hs.reshape(size * batch, hidden))
+    out, h_n, saved = _ScanFunction.apply(*flat, *rest)
+    split = None if saved is None else saved.view(steps, size, batch, -1)
+    outputs = (out.view(steps, size, batch, hidden), h_n.view(size, batch, hidden), split)
+    return outputs, (1, 0, None if saved is None else 1)
+
+
+def _scan_each(size: int, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """vmap of the scan when weights (or lengths) are vmapped too: one scan per slice, the results stacked."""
+
+    def part(i: int) -> list[Any]:
+        return [arg if dim is None or arg is None else arg.select(dim, i) for arg, dim in zip(args, in_dims)]
+
+    results = [_ScanFunction.apply(*part(i)) for i in range(size)]
+    out, h_n, saved = zip(*results)
+    saved_all = None if saved[0] is None else torch.stack(saved)
+    return (torch.stack(out), torch.stack(h_n), saved_all), (0, 0, None if saved_all is None else 0)
 
 
 def fast_gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
@@ -241,7 +377,7 @@ def fast_gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tens
     inputs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh)
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     with torch.autocast(device_type, enabled=False):
-        out, h_n = _ScanFunction.apply(*inputs, lengths, mm_name, _impl_for(x), training)
+        out, h_n, _ = _ScanFunction.apply(*inputs, lengths, mm_name, _impl_for(x), training)
     if reverse:
         out = out.flip(0) if index is None else out.gather(0, index.unsqueeze(-1).expand_as(out))
     return out, h_n
