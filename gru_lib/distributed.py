@@ -25,6 +25,8 @@ cannot guarantee it: ranks that run out shadow the collectives of the others unt
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT`` (also across
 nodes, with ``--nnodes``/``--rdzv_endpoint``); :func:`init_distributed` reads them. Without them it returns a
 single-process context and every collective is the identity, so the same code runs under plain ``python``.
+With ``--max-restarts N``, torchrun restarts every worker when one fails; :func:`resume_on_restart` makes the
+restarted workers continue from the run's checkpoint instead of starting over.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -50,6 +53,7 @@ __all__ = [
     "join_context",
     "cleanup",
     "gradient_buckets",
+    "resume_on_restart",
 ]
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -133,47 +137,65 @@ def _resolve_device(device: str | None, local_rank: int, distributed: bool) -> t
 def init_distributed(
     backend: str | None = None, device: str | None = None, *, timeout_s: float = 600.0
 ) -> DistContext:
-    """Build this process's :class:`DistContext`, joining the process group when launched by torchrun.
+    """This process's :class:`DistContext`; joins the process group under torchrun.
 
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and, through ``init_method="env://"``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``). ``device`` defaults to CUDA when available, else CPU; a CUDA device without an index
-    becomes ``cuda:LOCAL_RANK`` and is made current. ``backend`` defaults to ``nccl`` on CUDA and ``gloo`` on
-    CPU. Without torchrun's variables (or with ``WORLD_SIZE=1``) no process group is created."""
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and, through ``env://``,
+    ``MASTER_ADDR`` and ``MASTER_PORT``). ``device`` defaults to CUDA when available,
+    else CPU; a CUDA device without an index becomes ``cuda:LOCAL_RANK``. ``backend``
+    defaults to ``nccl`` on CUDA and ``gloo`` on CPU. Without torchrun's variables (or
+    with ``WORLD_SIZE=1``) no process group is created."""
     present = [name in os.environ for name in _ENV_VARS]
     if not any(present):
         return DistContext(device=_resolve_device(device, 0, distributed=False))
     if not all(present):
         missing = ", ".join(n for n, p in zip(_ENV_VARS, present) if not p)
-        raise GruLibError(f"incomplete distributed environment: {missing} not set (launch with torchrun)")
+        raise GruLibError(f"incomplete distributed environment: {missing} not set "
+                          "(launch with torchrun)")
     rank, world_size, local_rank = (_env_int(name) for name in _ENV_VARS)
     if not 0 <= rank < world_size:
-        raise GruLibError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world_size})")
+        raise GruLibError(f"RANK={rank} is outside 0..WORLD_SIZE-1 "
+                          f"(WORLD_SIZE={world_size})")
     resolved = _resolve_device(device, local_rank, distributed=world_size > 1)
     if world_size == 1:
         return DistContext(rank=0, world_size=1, local_rank=local_rank, device=resolved)
     if backend is None:
         backend = "nccl" if resolved.type == "cuda" else "gloo"
     if backend == "nccl" and resolved.type != "cuda":
-        raise GruLibError(f"backend nccl needs CUDA devices, but the device is {resolved}")
+        raise GruLibError(f"backend nccl needs CUDA devices, not {resolved}")
+    _check_restartable()
     if not dist.is_initialized():
         kwargs = {"device_id": resolved} if backend == "nccl" else {}
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
-            **kwargs,
-        )
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank,
+                       device=resolved)
+
+
+def _check_restartable() -> None:
+    """Refuse ``torchrun --max-restarts`` with the store that the agent keeps between
+    attempts (its default with a c10d rendezvous): the keys of one attempt stay in it,
+    and a restarted worker can read the previous attempt's addresses and fail to
+    connect (PyTorch issue 135712). With ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` rank 0
+    opens a fresh store for every attempt."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared and _max_restarts() > 0:
+        raise GruLibError("torchrun --max-restarts needs "
+                          "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a restart can read "
+                          "the previous attempt's addresses from the shared store)")
+
+
+def _max_restarts() -> int:
+    name = "TORCHELASTIC_MAX_RESTARTS"
+    return _env_int(name) if name in os.environ else 0
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """Move ``model`` to ``ctx.device`` and wrap it in DDP when ``world_size > 1`` (else return it as is).
+    """Move ``model`` to ``ctx.device``; wrap it in DDP when ``world_size > 1``.
 
-    DDP broadcasts rank 0's weights now and, during every backward, all-reduces (averages) gradient buckets
-    as they become ready. Save ``unwrap_model(model).state_dict()`` so checkpoints carry no ``module.``
-    prefix and load into an unwrapped model."""
+    DDP broadcasts rank 0's weights now and, during every backward, all-reduces
+    (averages) gradient buckets as they become ready. Save
+    ``unwrap_model(model).state_dict()``: no ``module.`` prefix in checkpoints."""
     model = model.to(ctx.device)
     if ctx.world_size == 1:
         return model
@@ -227,3 +249,15 @@ def gradient_buckets(model: nn.Module, bucket_cap_mb: float = 25.0) -> list[int]
     if current:
         sizes.append(current)
     return sizes
+
+
+def resume_on_restart(checkpoint: str | Path) -> bool:
+    """Whether a worker continues from ``checkpoint`` because torchrun may restart it.
+
+    With ``--max-restarts N`` (N > 0) torchrun runs the same command again in every
+    worker when one fails (a killed process, a lost node). The restarted workers must
+    continue the run, so: True when restarts are allowed and the checkpoint exists.
+    The file decides, which every node sees alike on a shared ``--out``; the restart
+    count cannot: on a node whose workers did not fail, torchrun restarts them with
+    ``TORCHELASTIC_RESTART_COUNT`` unchanged."""
+    return _max_restarts() > 0 and Path(checkpoint).expanduser().is_file()
