@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gru_lib.config import ModelConfig, TrainConfig
-from gru_lib.errors import CheckpointError, ConfigError, GruLibError, describe_os_error
+from gru_lib.errors import CheckpointError, ConfigError, DataError, GruLibError, describe_os_error
 
 __all__ = ["main", "build_parser", "config_flags", "config_from_args", "bench_classifier_args"]
 
@@ -347,8 +347,17 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from gru_lib.data import data_command
+    """Without ``--download`` every split must be there: a missing file, or a directory in its place, is a
+    one-line error naming the file (exit 2)."""
+    from gru_lib.data import SPLITS, data_command, default_data_dir
 
+    root = Path(args.data_dir).expanduser() if args.data_dir is not None else default_data_dir()
+    for split in SPLITS:
+        path = root / "ag_news" / f"{split}.csv"
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path}: not a file (a directory or a device), expected the {split} split's CSV")
+        if not path.exists() and not args.download:
+            raise DataError(f"{path}: missing (pass --download to fetch the {split} split)")
     return data_command(args.data_dir, download=args.download)
 
 
@@ -392,6 +401,98 @@ def _run_bench(args: argparse.Namespace) -> int:
     return bench_command(**options)
 
 
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export the classifier as ONNX and check it in ONNX Runtime",
+        description="Write the classifier as an ONNX file (inputs ids (B, T) and lengths (B,), output logits; "
+        "B and T dynamic; padding exact) and print the largest difference of its logits from PyTorch's on a "
+        "sample. Without --checkpoint: the classifier that ships with gru_lib. Needs onnx, onnxscript and "
+        "onnxruntime (make peers).",
+    )
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="a train --out directory, its checkpoint.pt, or a shipped model file "
+                        "(default: the shipped model)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the ONNX file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="check on the AG News test split in DIR (default: random token sequences)")
+    parser.add_argument("--check-rows", type=_positive_int, default=512, metavar="N",
+                        help="how many texts the check compares (default: 512)")
+    parser.set_defaults(func=_run_export)
+
+
+def _load_any_classifier(path: str | None) -> tuple[Any, Any, Any]:
+    """(model, vocab, train config) of a run directory, a checkpoint file or a shipped model file."""
+    from gru_lib.checkpoint import load_checkpoint
+    from gru_lib.evaluate import classifier_from_record, load_classifier
+    from gru_lib.shipped import MAGIC, load_shipped
+
+    given = Path(path).expanduser() if path is not None else None
+    if given is not None and not given.exists():
+        raise CheckpointError(f"--checkpoint {path}: no such file or directory")
+    if given is not None and given.is_dir():
+        return load_classifier(given)[:3]
+    if given is None or given.read_bytes()[: len(MAGIC)] == MAGIC:
+        return load_shipped(given)[:3]
+    state = load_checkpoint(given, map_location="cpu")
+    model, vocab, config = classifier_from_record(state, state["model"], given)
+    return model.eval(), vocab, config
+
+
+def _check_export_out(out: str, force: bool) -> Path:
+    """``--out``: a file path whose directory exists; an existing file only with ``--force``."""
+    path = Path(out).expanduser()
+    if not out.strip() or path.is_dir():
+        raise GruLibError(f"--out {out}: is a directory or empty (name the .onnx file to write)")
+    if path.exists() and not force:
+        raise GruLibError(f"--out {out}: exists (pass --force to overwrite it)")
+    if not path.parent.is_dir():
+        raise GruLibError(f"--out {out}: the directory {path.parent} does not exist")
+    return path
+
+
+def _export_sample(args: argparse.Namespace, vocab: Any, config: Any) -> tuple[list[list[int]], str]:
+    """The token ids the check compares: the test split's first --check-rows texts (--data), else random
+    sequences (seeded) of every length from 1 to max_len, so batches mix lengths and padding."""
+    import torch
+
+    from gru_lib.text import numericalize
+
+    if args.data is not None:
+        rows = _rows(args, "test")[: args.check_rows]
+        texts = [f"{row.title} {row.description}" for row in rows]
+        return numericalize(texts, vocab, max_len=config.max_len, clean=config.clean_text), "test rows"
+    gen = torch.Generator().manual_seed(0)
+    lengths = [1 + i % config.max_len for i in range(args.check_rows)]
+    return [torch.randint(2, len(vocab), (n,), generator=gen).tolist() for n in lengths], "random texts"
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    out = _check_export_out(args.out, args.force)
+    try:
+        from gru_lib.export import check_onnx_classifier, export_classifier
+        import onnx, onnxruntime, onnxscript  # noqa: E401, F401
+    except ImportError as error:
+        raise GruLibError(f"export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
+                          "make peers, or pip install onnx onnxscript onnxruntime") from None
+    model, vocab, config = _load_any_classifier(args.checkpoint)
+    ids, what = _export_sample(args, vocab, config)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        export_classifier(model, tmp)
+        check = check_onnx_classifier(tmp, model, ids, pad_index=vocab.pad_index)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes); ONNX Runtime vs PyTorch on {check['rows']:,} {what}: "
+          f"max |logit difference| {check['max_abs_diff']:.3g}, same prediction on "
+          f"{check['same_predictions']:,}")
+    return 0
+
+
 def bench_classifier_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """The arguments of ``python -m gru_lib.bench_classifier`` (see that module)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -411,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m gru_lib", description="The GRU book's library: train, evaluate, predict, bench."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data_parser, _add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_bench_parser):
+    for add in (_add_data_parser, _add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_bench_parser,
+                _add_export_parser):
         add(subparsers)
     return parser
 

@@ -145,6 +145,11 @@ def test_bad_split_name(tmp_path: Path) -> None:
 
 def test_cli_reports_counts_and_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write(tmp_path / "ag_news" / "test.csv", GOOD_ROWS)
+    # A missing split is an error without --download: one line naming the file.
+    assert cli_main(["data", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'ag_news' / 'train.csv'}: missing (pass --download to fetch the train split)\n"
+    write(tmp_path / "ag_news" / "train.csv", GOOD_ROWS)
     assert cli_main(["data", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2 test rows (subset; official: 7,600); World 0, Sports 1, Business 1, Sci/Tech 0" in out
