@@ -16,14 +16,14 @@ The two are different functions of the same parameters; ``reset_after=False`` se
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GRUGates", "gru_cell_gates", "gru_gates_from_projection", "gru_gate_trace", "gru_cell", "GRUCell"]
+__all__ = ["GRUGates", "gru_cell_gates", "gru_gates_from_projection", "gru_gate_trace", "gru_cell", "GRUCell",
+           "GRUCellShapeError"]
 
 
 class GRUGates(NamedTuple):
@@ -122,15 +122,23 @@ def gru_cell(
     return gates.h
 
 
-class GRUCell(nn.Module):
-    """A drop-in for :class:`torch.nn.GRUCell`, computed from the equations in this module's docstring.
+class GRUCellShapeError(RuntimeError, ValueError):
+    """An ``input`` or ``hx`` whose sizes :class:`GRUCell` cannot take. A RuntimeError, as ``nn.GRUCell`` raises
+    for these, and a ValueError, so that code catching the ValueError of ``gru_lib``'s earlier cell still works."""
 
-    Same constructor arguments, parameter names and shapes (``weight_ih`` (3H, D), ``weight_hh`` (3H, H),
-    ``bias_ih`` and ``bias_hh`` (3H,), gate order r|z|n), same initialisation U(-1/sqrt(H), 1/sqrt(H)), and the
-    same forward: ``input`` (B, D) or unbatched (D,), ``hx`` (B, H) or (H,), zeros when omitted; returns h'.
+
+class GRUCell(nn.GRUCell):
+    """A drop-in for :class:`torch.nn.GRUCell` (a subclass), computed from the equations in this module's docstring.
+
+    ``nn.GRUCell``'s constructor, parameters (``weight_ih`` (3H, D), ``weight_hh`` (3H, H), ``bias_ih`` and
+    ``bias_hh`` (3H,), gate order r|z|n), initialisation U(-1/sqrt(H), 1/sqrt(H)) and ``state_dict``; the same
+    forward: ``input`` (B, D) or unbatched (D,), ``hx`` (B, H) or (H,), zeros when omitted; returns h'.
 
     ``reset_after=False`` gives the reset-before candidate of Cho et al. (2014); it loads the same state_dict
     but computes a different function, so it matches ``nn.GRUCell`` only when ``W_hn`` and ``b_hn`` vanish.
+    With the default ``reset_after=True``, ``torch.jit.script`` compiles :meth:`to_torch`'s ``nn.GRUCell`` and
+    ``torch.jit.trace`` / ``torch.export`` record ``nn.GRUCell.forward`` (``aten::gru_cell``), the same function
+    with the same parameters.
     """
 
     def __init__(
@@ -143,46 +151,48 @@ class GRUCell(nn.Module):
         *,
         reset_after: bool = True,
     ) -> None:
-        super().__init__()
-        if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(
-                f"GRUCell: input_size and hidden_size must be positive, got {input_size} and {hidden_size}"
-            )
-        factory = {"device": device, "dtype": dtype}
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
+        if isinstance(input_size, int) and input_size <= 0:
+            raise GRUCellShapeError(f"GRUCell: input_size must be positive, got {input_size}")
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         self.reset_after = reset_after
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
 
     def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
-        if not self.bias:
-            text += ", bias=False"
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    def to_torch(self) -> nn.GRUCell:
+        """An ``nn.GRUCell`` with this cell's sizes, training mode and Parameter objects (not copies); only for
+        ``reset_after=True``, the one form ``nn.GRUCell`` computes."""
         if not self.reset_after:
-            text += ", reset_after=False"
-        return text
+            raise ValueError("GRUCell.to_torch: nn.GRUCell computes only reset_after=True; this cell is reset-before")
+        twin = nn.GRUCell(self.input_size, self.hidden_size, self.bias, device="meta")
+        for name, parameter in self.named_parameters(recurse=False):
+            setattr(twin, name, parameter)
+        return twin.train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.GRUCell:
+        if not self.reset_after:
+            raise RuntimeError(
+                "GRUCell(reset_after=False): TorchScript compiles nn.GRUCell, which is reset-after only; "
+                "record this cell with torch.jit.trace or torch.export instead"
+            )
+        return self.to_torch()
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        batched = check_input("GRUCell", input, (1, 2), self.input_size)
-        expected_h = (input.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+        if self.reset_after and (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+            return nn.GRUCell.forward(self, input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise GRUCellShapeError(
+                f"GRUCell: input has inconsistent input_size: got {input.shape[-1]}, expected {self.input_size}"
+            )
+        expected_h = (*input.shape[:-1], self.hidden_size)
         if hx is None:
             hx = input.new_zeros(expected_h)
         elif tuple(hx.shape) != expected_h:
-            raise ValueError(f"GRUCell: expected hx of shape {expected_h}, got {tuple(hx.shape)}")
+            raise GRUCellShapeError(f"GRUCell: expected hx of shape {expected_h}, got {tuple(hx.shape)}")
         return gru_cell(
             input,
             hx,

@@ -12,8 +12,6 @@ state unchanged and writes a zero output, which is exactly what cuDNN and ``nn.G
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 
 import torch
@@ -35,21 +33,14 @@ def _valid_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Ten
     return length_mask(lengths, steps, device=device, time_major=True).unsqueeze(-1)
 
 
-def _check_size(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"GRU: {name} should be of type int, got: {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"GRU: {name} must be greater than zero, got {value}")
-    return value
+class GRU(nn.GRU):
+    """A multi-layer GRU: a subclass of :class:`torch.nn.GRU` whose forward runs the teaching scan below.
 
-
-class GRU(nn.Module):
-    """A multi-layer GRU with :class:`torch.nn.GRU`'s constructor, parameters and forward.
-
-    Parameters are registered in ``nn.GRU``'s names, shapes and order (``weight_ih_l0`` (3H, D),
-    ``weight_hh_l0`` (3H, H), ``bias_ih_l0``, ``bias_hh_l0`` (3H,), then ``..._l0_reverse``, then ``..._l1``
-    whose input size is ``H * num_directions``), gate order r|z|n, initialised U(-1/sqrt(H), 1/sqrt(H)) in
-    that order, so ``state_dict`` moves between the two both ways (and equal seeds give equal weights).
+    Everything but ``forward`` is ``nn.GRU``'s own: the constructor and its checks, the parameters
+    (``weight_ih_l0`` (3H, D), ``weight_hh_l0`` (3H, H), ``bias_ih_l0``, ``bias_hh_l0`` (3H,), then
+    ``..._l0_reverse``, then ``..._l1`` whose input size is ``H * num_directions``; gate order r|z|n), their
+    initialisation U(-1/sqrt(H), 1/sqrt(H)) (equal seeds give equal weights), ``state_dict``, ``all_weights``,
+    ``_flat_weights``, ``flatten_parameters``, ``repr``, ``.to()`` and pickling.
 
     ``forward(input, hx=None) -> (output, h_n)``: ``input`` (T, B, D), (B, T, D) with ``batch_first``,
     unbatched (T, D), or a :class:`PackedSequence`; ``hx`` (num_layers * num_directions, B, H), unbatched
@@ -58,7 +49,11 @@ class GRU(nn.Module):
     caller's batch order.
 
     The time loop lives in :meth:`_scan_direction` (one layer, one direction), the one method a faster
-    subclass overrides; everything else (layouts, packing, stacking, dropout) stays here.
+    subclass overrides; everything else (layouts, packing, stacking, dropout) stays here. A graph compiler
+    cannot keep a Python loop whose length is the input's: under ``torch.jit.trace`` and ``torch.export`` the
+    forward is ``nn.GRU.forward`` (PyTorch's fused ``aten::gru``) with these same parameters, and
+    ``torch.jit.script`` compiles :meth:`to_torch`'s ``nn.GRU``, so a traced or exported graph runs at any
+    sequence length.
     """
 
     def __init__(
@@ -72,74 +67,36 @@ class GRU(nn.Module):
         bidirectional: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **kwargs: object,
     ) -> None:
-        super().__init__()
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-            raise ValueError(
-                f"GRU: dropout should be a number in range [0, 1] (the probability of zeroing an element), "
-                f"got {dropout!r}"
-            )
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"GRU: {name} should be of type bool, got: {type(flag).__name__}")
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.num_layers = _check_size("num_layers", num_layers)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=2,
-            )
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = bidirectional
-        self.num_directions = 2 if bidirectional else 1
-
-        factory = {"device": device, "dtype": dtype}
-        gates = 3 * hidden_size
-        self._all_weights: list[list[str]] = []
-        for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
-            for direction in range(self.num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                shapes = {"weight_ih": (gates, layer_input), "weight_hh": (gates, hidden_size)}
-                if bias:
-                    shapes |= {"bias_ih": (gates,), "bias_hh": (gates,)}
-                names = []
-                for stem, shape in shapes.items():
-                    self.register_parameter(stem + suffix, nn.Parameter(torch.empty(shape, **factory)))
-                    names.append(stem + suffix)
-                self._all_weights.append(names)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        if not isinstance(bidirectional, bool):  # nn.GRU takes any truthy value; a typo should not pass
+            raise TypeError(f"GRU: bidirectional should be of type bool, got: {type(bidirectional).__name__}")
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype, **kwargs,
+        )
 
     @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """The parameters per layer and direction, as ``nn.GRU.all_weights`` lists them."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
+    def num_directions(self) -> int:
+        """2 for a bidirectional layer, else 1."""
+        return 2 if self.bidirectional else 1
 
-    def flatten_parameters(self) -> None:
-        """A no-op kept for drop-in compatibility (``nn.GRU`` packs its weights for cuDNN here)."""
+    def to_torch(self) -> nn.GRU:
+        """An ``nn.GRU`` with this module's settings, training mode and Parameter objects (not copies): the
+        same function computed by PyTorch's fused operator. ``torch.jit.script`` compiles it in our place."""
+        with warnings.catch_warnings():  # nn.GRU's dropout warning was given when this module was built
+            warnings.simplefilter("ignore")
+            twin = nn.GRU(
+                self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+                self.bidirectional, device="meta",
+            )
+        for name in self._flat_weights_names:
+            setattr(twin, name, getattr(self, name))
+        twin._init_flat_weights()
+        return twin.train(self.training)
 
-    def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            text += f", num_layers={self.num_layers}"
-        if not self.bias:
-            text += ", bias=False"
-        if self.batch_first:
-            text += ", batch_first=True"
-        if self.dropout != 0:
-            text += f", dropout={self.dropout}"
-        if self.bidirectional:
-            text += ", bidirectional=True"
-        return text
+    def __prepare_scriptable__(self) -> nn.GRU:
+        return self.to_torch()
 
     def _weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -152,17 +109,19 @@ class GRU(nn.Module):
         dtype = self.weight_ih_l0.dtype
         if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(
-                f"GRU: input dtype ({x.dtype}) does not match weight dtype ({dtype}); convert the input with "
-                f"input.to({dtype}) or the model with model.to({x.dtype})"
+                f"GRU: RNN input dtype ({x.dtype}) does not match weight dtype ({dtype}). "
+                f"Convert input: input.to({dtype}), or convert model: model.to({x.dtype})"
             )
         if x.size(-1) != self.input_size:
             raise RuntimeError(
                 f"GRU: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
             )
 
-    def forward(
+    def forward(  # type: ignore[override]
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return nn.GRU.forward(self, input, hx)
         packed = isinstance(input, PackedSequence)
         unbatched = False
         lengths: Tensor | None = None
