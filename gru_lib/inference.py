@@ -35,6 +35,8 @@ BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of
 # Batches at least this large split their rows across threads (no barrier per step); smaller ones split the
 # hidden units, with one barrier per step (benchmarks/infer_bench.py measures both).
 ROWS_MIN_BATCH = 8
+PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none)
+SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
 _CACHE_SIZE = 16
 
 
@@ -121,12 +123,13 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
 
 def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                    b_hh: Tensor | None, lengths: Tensor | None = None, *, mode: str | None = None,
-                   threads: int = 0) -> tuple[Tensor, Tensor]:
+                   threads: int = 0, prefetch: int | None = None, spin: bool | None = None) -> tuple[Tensor, Tensor]:
     """:func:`gru_lib.fast.fast_gru_scan` forward (``reverse=False``) without autograd: x (T, B, D), h0
     (B, H), lengths (B,) or None; returns output (T, B, H), zero at ``t >= lengths[b]``, and h_n (B, H),
     the state after each sequence's last valid step (h0 for length 0). Raises ValueError with
     :func:`unsupported_reason`'s message when that is not None. ``mode`` (``"rows"``/``"cols"``, default
-    :func:`choose_mode`) and ``threads`` (default ``torch.get_num_threads()``) exist for measurements."""
+    :func:`choose_mode`), ``threads`` (default ``torch.get_num_threads()``), ``prefetch`` (default
+    :data:`PREFETCH`) and ``spin`` (default :data:`SPIN_BARRIER`) exist for measurements."""
     reason = unsupported_reason(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
     if reason is not None:
         raise ValueError(f"gru_infer_scan: {reason}")
@@ -141,5 +144,7 @@ def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tens
         lengths = None if bool((lengths >= steps).all()) else lengths.to("cpu", torch.int64).clamp(max=steps)
     with torch.no_grad():
         out, h_n = extension().forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, lengths,
-                                       mode or choose_mode(batch), threads, True)
+                                       mode or choose_mode(batch), threads, True,
+                                       [PREFETCH if prefetch is None else prefetch,
+                                        int(SPIN_BARRIER if spin is None else spin)])
     return out, h_n

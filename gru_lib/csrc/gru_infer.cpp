@@ -28,13 +28,16 @@
 
 #include <ATen/Parallel.h>
 
+#include "buffers.h"
 #include "fast_math.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -64,6 +67,7 @@ struct Problem {
   const float* h0;            // (B, H)
   float* out;                 // (T, B, H)
   const int64_t* lengths;     // (B,) or nullptr
+  int64_t prefetch;           // software prefetch distance in k (0: none)
 
   const float* prev(int64_t t) const { return t == 0 ? h0 : out + (t - 1) * B * H; }
   bool padded(int64_t t, int64_t b) const { return lengths != nullptr && t >= lengths[b]; }
@@ -88,15 +92,22 @@ AVX512_INLINE __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, k);  // p * 2^k
 }
 
-AVX512_INLINE __m512 sigmoid512(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+// 1 / d for d >= 1: the 14-bit estimate and one Newton step (relative error ~1e-7), instead of a division
+// (512-bit divisions issue one per ~16 cycles: at B = 64 that is ~10% of a step).
+AVX512_INLINE __m512 recip512(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
 }
 
-AVX512_INLINE __m512 tanh512(__m512 x) {
+AVX512_INLINE __m512 sigmoid512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return recip512(_mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+AVX512_INLINE __m512 tanh512(__m512 x) {  // 1 - 2 / (exp(2x) + 1)
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 e = exp512(_mm512_add_ps(x, x));
-  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+  return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip512(_mm512_add_ps(e, one)), one);
 }
 
 // Rows [b0, b0 + BT) of block jb at step t. KU independent accumulator sets over k (summed at the end) keep
@@ -110,10 +121,16 @@ AVX512_FN void tile_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0) 
   for (int u = 0; u < KU; ++u)
     for (int b = 0; b < BT; ++b)
       for (int g = 0; g < 3; ++g) acc[u][b][g] = _mm512_setzero_ps();
+  const int64_t pf = P.prefetch * kPanel;
   int64_t k = 0;
   for (; k + KU <= H; k += KU) {
     for (int u = 0; u < KU; ++u) {
       const float* wk = w + (k + u) * kPanel;
+      if (pf != 0) {  // prefetching past the block's end is harmless (prefetches do not fault)
+        _mm_prefetch(reinterpret_cast<const char*>(wk + pf), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wk + pf + 16), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wk + pf + 32), _MM_HINT_T0);
+      }
       const __m512 w0 = _mm512_load_ps(wk), w1 = _mm512_load_ps(wk + 16), w2 = _mm512_load_ps(wk + 32);
       for (int b = 0; b < BT; ++b) {
         const __m512 hb = _mm512_set1_ps(hp[b * H + k + u]);
@@ -243,6 +260,39 @@ void thread_count_and_id(int64_t& n, int64_t& id) {
 #endif
 }
 
+// A sense-reversing spin barrier for the threads of one parallel region: each step's wait is a few cache-line
+// transfers. A waiter yields its core after a few thousand spins, so a preempted thread is not starved by
+// its partner on a busy machine.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int64_t n) : n_(n) {}
+  void wait() {
+    const int64_t gen = gen_.load(std::memory_order_relaxed);  // cannot move before this thread arrives
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int64_t spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 4096) {
+        pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static void pause() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_ia32_pause();
+#endif
+  }
+  const int64_t n_;
+  alignas(64) std::atomic<int64_t> count_{0};
+  alignas(64) std::atomic<int64_t> gen_{0};
+};
+
 // Every thread runs its rows through all steps; no synchronisation.
 void scan_rows(const Problem& P, RowsBlockFn fn, int64_t threads) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -259,28 +309,37 @@ void scan_rows(const Problem& P, RowsBlockFn fn, int64_t threads) {
 
 // Every thread computes its blocks of hidden units for all rows, then waits for the others: one barrier
 // per step (the next step reads the whole state).
-void scan_cols(const Problem& P, RowsBlockFn fn, int64_t threads) {
+// spin: SpinBarrier, else OpenMP's barrier.
+void scan_cols(const Problem& P, RowsBlockFn fn, int64_t threads, bool spin) {
+  SpinBarrier barrier(threads);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     int64_t n, id;
     thread_count_and_id(n, id);
+    const bool spin_here = spin && n == threads;  // a smaller team (nested region): OpenMP's barrier
     const auto [j0, j1] = share(P.NB, n, id);
     for (int64_t t = 0; t < P.T; ++t) {
       for (int64_t jb = j0; jb < j1; ++jb) fn(P, t, jb, 0, P.B);
+      if (spin_here) {
+        barrier.wait();
+      } else {
 #pragma omp barrier
+      }
     }
   }
 }
 
 // gi = x W_ih^T + b_ih + [b_hr, b_hz, 0], (T * B, 3H).
+// Into a pooled buffer (buffers.h): a fresh one of T * B * 3H floats would pay a page fault per 4 KiB.
 at::Tensor input_projection(const at::Tensor& x2d, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
                             const c10::optional<at::Tensor>& b_hh, int64_t H) {
   const bool has_ih = b_ih.has_value() && b_ih->defined();
   const bool has_hh = b_hh.has_value() && b_hh->defined();
-  if (!has_ih && !has_hh) return at::mm(x2d, w_ih.t());
+  at::Tensor gi = gru_buffers::empty_large({x2d.size(0), 3 * H}, x2d.options());
+  if (!has_ih && !has_hh) return at::mm_out(gi, x2d, w_ih.t());
   at::Tensor bias = has_ih ? b_ih->clone() : at::zeros({3 * H}, x2d.options());
   if (has_hh) bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
-  return at::addmm(bias, x2d, w_ih.t());
+  return at::addmm_out(gi, bias, x2d, w_ih.t());
 }
 
 // h_n: the state after each row's last valid step (h0 for a row of length 0).
@@ -296,12 +355,13 @@ at::Tensor final_state(const at::Tensor& out, const at::Tensor& h0, const int64_
   return h_n;
 }
 
-// mode: "rows" or "cols" (see the header comment); threads <= 0: at::get_num_threads().
+// mode: "rows" or "cols" (see the header comment; one thread always runs "rows"); threads <= 0:
+// at::get_num_threads(); options: {prefetch distance in k (0: none), spin barrier (1) or OpenMP's (0)}.
 std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& w_ih,
                                           const at::Tensor& packed, const c10::optional<at::Tensor>& b_ih,
                                           const c10::optional<at::Tensor>& b_hh,
                                           const c10::optional<at::Tensor>& lengths_, const std::string& mode,
-                                          int64_t threads, bool allow_avx512) {
+                                          int64_t threads, bool allow_avx512, std::vector<int64_t> options) {
   TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == at::kFloat, "gru_infer: x must be a float32 CPU tensor");
   TORCH_CHECK(mode == "rows" || mode == "cols", "gru_infer: mode must be 'rows' or 'cols', got ", mode);
   const int64_t T = x_.size(0), B = x_.size(1), D = x_.size(2), H = h0_.size(1);
@@ -315,17 +375,19 @@ std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor
   at::Tensor bhn = at::zeros({NB * kBlock}, x_.options());
   if (b_hh.has_value() && b_hh->defined()) bhn.narrow(0, 0, H).copy_(b_hh->narrow(0, 2 * H, H));
 
-  at::Tensor out = at::empty({T, B, H}, x_.options());
+  options.resize(2, 0);
+  at::Tensor out = gru_buffers::empty_large({T, B, H}, x_.options());
   if (T > 0 && B > 0) {
     const at::Tensor gi = input_projection(x_.reshape({T * B, D}), w_ih, b_ih, b_hh, H).contiguous();
     const Problem P{T, B, H, NB, gi.data_ptr<float>(), packed.data_ptr<float>(), bhn.data_ptr<float>(),
-                    h0.data_ptr<float>(), out.data_ptr<float>(), lens};
+                    h0.data_ptr<float>(), out.data_ptr<float>(), lens, options[0]};
     const int64_t wanted = threads > 0 ? threads : at::get_num_threads();
     const RowsBlockFn fn = rows_block_fn(allow_avx512);
-    if (mode == "rows") {
+    const int64_t col_threads = std::max<int64_t>(1, std::min(wanted, NB));
+    if (mode == "rows" || col_threads == 1) {
       scan_rows(P, fn, std::max<int64_t>(1, std::min(wanted, B)));
     } else {
-      scan_cols(P, fn, std::max<int64_t>(1, std::min(wanted, NB)));
+      scan_cols(P, fn, col_threads, options[1] != 0);
     }
   }
   return {out, final_state(out, h0, lens)};
@@ -335,5 +397,6 @@ std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &gru_infer_forward, "inference GRU scan of one direction, float32 CPU");
+  m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
   m.def("avx512", &avx512_available, "whether this CPU runs the AVX-512 kernel");
 }
