@@ -277,3 +277,16 @@ def test_low_precision_matches_nn_gru(path: str, dtype: torch.dtype, tol: float)
         scale = want.abs().max().item()
         torch.testing.assert_close(our.double(), their.double(), atol=tol * scale, rtol=0)
         torch.testing.assert_close(our.double(), want, atol=tol * scale, rtol=0)
+
+
+# ---- graph capture (inherited from gru_lib.layer.GRU: nn.GRU's fused operator, the same Parameters) ----------
+
+
+def test_trace_and_export_compute_nn_grus_function() -> None:
+    """Tracing and export record nn.GRU.forward (aten::gru) with FastGRU's Parameters, not the time loop."""
+    ref, model = pair(torch.float32, num_layers=2, bidirectional=True)
+    x, longer = data(5, 2, 3, dtype=torch.float32), data(9, 2, 3, dtype=torch.float32, seed=3)
+    traced = torch.jit.trace(model, (x,))
+    exported = torch.export.export(model, (x,)).module()
+    assert_all_close(traced(longer), ref(longer), 1e-6)  # a trace runs at any sequence length
+    assert_all_close(exported(x), ref(x), 1e-6)
