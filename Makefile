@@ -23,7 +23,7 @@ export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup book test unit nbval book-strict notebooks model clean
+.PHONY: setup book test unit nbval book-strict notebooks model peers clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ model: setup
 		--no-bidirectional --max-vocab 8000
 	$(BIN)/python -c 'from gru_lib.shipped import export_run; \
 		print(export_run("$(SHIPPED_RUN)", site_dir="book/_static/try_it"))'
+
+## The other runtimes of `python -m gru_lib bench --peers` (ONNX Runtime, OpenVINO) and what `export` needs: the
+## `peers` extra of pyproject.toml, into .venv. Not part of setup or test (OpenVINO is a large download).
+peers: setup
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[peers]'
 
 clean:
 	rm -rf _build

@@ -372,33 +372,95 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    from gru_lib import bench
+    from gru_lib import bench, peers
 
     parser = subparsers.add_parser(
         "bench", help="time nn.GRU, gru_lib.GRU, FastGRU (fp32, bf16) and MinGRU against nn.GRU, torch.mm and oneDNN",
         description=bench.__doc__.split("\n\n")[0] if bench.__doc__ else None,
     )
     parser.add_argument("--full", action="store_true", help="the full sweep: T 16..4096, B 1..256, H 64..1024")
-    parser.add_argument("--shape", type=_int_list, default=list(bench.BASE), metavar="B,T,D,H",
-                        help="the centre of the sweeps (default %(default)s)")
+    parser.add_argument("--shape", type=_int_list, action="append", default=None, metavar="B,T,D,H",
+                        help=f"the centre of the sweeps (default {','.join(map(str, bench.BASE))}); with --peers "
+                        "the shapes to time, forward and forward + backward (repeat the flag for several; default "
+                        "forward 64,64,128,256 1,512,128,256 16,1024,128,256 and forward + backward 64,64,128,256)")
     parser.add_argument("--steps", type=_int_list, help="override the swept sequence lengths")
     parser.add_argument("--batch", type=_int_list, help="override the swept batch sizes")
     parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
-    parser.add_argument("--backends", default=",".join(bench.BACKENDS), help="comma-separated (default: all)")
+    parser.add_argument("--backends", default=None, help="comma-separated (default: all; with --peers: "
+                        f"{','.join(peers.PEERS)})")
     parser.add_argument("--repeats", type=_positive_int, default=5, help="interleaved rounds; medians (default 5)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--memory", choices=("none", "base", "all"), default="base",
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's); "
+                        "with --peers every runtime's intra-op threads")
+    parser.add_argument("--memory", choices=("none", "base", "all"), default=None,
                         help="peak-memory probes: none, the base shape only (default), every shape")
-    parser.add_argument("--device", type=_device, default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="directory for bench.csv and plots")
+    parser.add_argument("--device", type=_device, default=None, help="cpu (default) or cuda")
+    parser.add_argument("--out", type=Path, default=None, help="directory for bench.csv and plots (default bench_out)")
+    parser.add_argument("--peers", action="store_true",
+                        help="one nn.GRU layer in ONNX Runtime and OpenVINO beside nn.GRU and FastGRU (same weights, "
+                        "checked within 1e-5 first; make peers installs the runtimes)")
+    parser.add_argument("--json", action="store_true", help="with --peers: print one JSON object, not the table")
     parser.set_defaults(func=_run_bench)
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    from gru_lib.bench import bench_command
+_NOT_WITH_PEERS = ("full", "steps", "batch", "hidden", "memory", "out")
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    return bench_command(**options)
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from gru_lib import bench
+
+    if args.peers:
+        return _run_bench_peers(args)
+    if args.json:
+        raise GruLibError("--json: only with --peers (bench writes bench.csv into --out)")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "peers", "json")}
+    options.update(shape=args.shape[-1] if args.shape else list(bench.BASE), memory=args.memory or "base",
+                   backends=args.backends or ",".join(bench.BACKENDS), device=args.device or "cpu",
+                   out=args.out if args.out is not None else Path("bench_out"))
+    return bench.bench_command(**options)
+
+
+def _peer_names(text: str | None) -> list[str]:
+    """``--backends`` with ``--peers``: the peers to time (nn.GRU, the reference, always among them)."""
+    from gru_lib.peers import PEERS
+
+    names = [n.strip() for n in (text or ",".join(PEERS)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise GruLibError(f"--backends {','.join(unknown)}: not a peer (with --peers choose from {', '.join(PEERS)})")
+    return ["nn.GRU"] + [n for n in dict.fromkeys(names) if n != "nn.GRU"]
+
+
+def _run_bench_peers(args: argparse.Namespace) -> int:
+    """``bench --peers``: check and time the peers (:mod:`gru_lib.peers`); a table, or JSON with ``--json``."""
+    import torch
+
+    from gru_lib.bench import Shape
+    from gru_lib.peers import DEFAULT_BACKWARD, DEFAULT_FORWARD, bench_peers, format_peer_table, peer_versions
+
+    given = [f"--{name}" for name in _NOT_WITH_PEERS if getattr(args, name) not in (None, False)]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise GruLibError(f"--peers: {', '.join(given)} {verb} not apply (the peers time the shapes of --shape)")
+    if args.device not in (None, "cpu"):
+        raise GruLibError(f"--peers: --device {args.device}: the peers run on the CPU only")
+    bad = [s for s in args.shape or [] if len(s) != 4]
+    if bad:
+        raise GruLibError(f"--shape {','.join(map(str, bad[0]))}: expected B,T,D,H (4 integers)")
+    names = _peer_names(args.backends)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    shapes = [Shape(*s) for s in args.shape] if args.shape else None
+    rows, notes = bench_peers(shapes or DEFAULT_FORWARD, shapes or DEFAULT_BACKWARD, names, args.repeats)
+    versions = peer_versions()
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "versions": versions, "rows": rows, "notes": notes}))
+        return 0
+    print(f"threads={torch.get_num_threads()} " + " ".join(f"{k}={v}" for k, v in versions.items()))
+    print(f"medians of {args.repeats} interleaved rounds; x fastest: median / the fastest peer's, per shape and mode")
+    print(format_peer_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -472,12 +534,11 @@ def _export_sample(args: argparse.Namespace, vocab: Any, config: Any) -> tuple[l
 
 def _run_export(args: argparse.Namespace) -> int:
     out = _check_export_out(args.out, args.force)
-    try:
-        from gru_lib.export import check_onnx_classifier, export_classifier
-        import onnx, onnxruntime, onnxscript  # noqa: E401, F401
-    except ImportError as error:
-        raise GruLibError(f"export needs onnx, onnxscript and onnxruntime ({error.name} is missing): "
-                          "make peers, or pip install onnx onnxscript onnxruntime") from None
+    from gru_lib.export import REQUIRED, check_onnx_classifier, export_classifier, missing_packages
+
+    if missing_packages():
+        raise GruLibError(f"export needs {', '.join(REQUIRED)} ({', '.join(missing_packages())} not installed): "
+                          f"make peers, or pip install {' '.join(REQUIRED)}")
     model, vocab, config = _load_any_classifier(args.checkpoint)
     ids, what = _export_sample(args, vocab, config)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -21,6 +21,7 @@ runs the file in ONNX Runtime and compares. Needs ``onnx``, ``onnxscript`` (the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -36,9 +37,10 @@ from gru_lib.lengths import length_mask, reverse_within_lengths_index
 from gru_lib.models import NewsClassifier
 
 __all__ = ["OPSET", "PaddedClassifier", "export_classifier", "check_onnx_classifier", "onnx_logits",
-           "export_gru_layer", "ort_session"]
+           "export_gru_layer", "ort_session", "missing_packages", "REQUIRED"]
 
 OPSET = 18
+REQUIRED: tuple[str, ...] = ("onnx", "onnxscript", "onnxruntime")  # the exporter's and the check's packages
 _GRU_BACKENDS = ("torch", "gru_lib", "fast")
 
 
@@ -162,15 +164,23 @@ def export_gru_layer(layer: nn.Module, out: str | Path, *, batch_first: bool | N
     return out
 
 
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's count)."""
+def missing_packages(names: Sequence[str] = REQUIRED) -> list[str]:
+    """Which of the packages ``names`` are not installed (export needs :data:`REQUIRED`)."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def ort_session(model: str | Path | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``model`` (a file, or a serialized model's bytes) with ``threads``
+    intra-op threads (default: torch's count), one inter-op thread, sequential execution."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # warnings about unused initializers are not the user's concern
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session: Any, ids: Sequence[Sequence[int]], *, batch_size: int = 256, pad_index: int = 0) -> Tensor:

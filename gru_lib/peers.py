@@ -23,6 +23,7 @@ forward + backward compares ``nn.GRU`` and ``FastGRU``. A peer whose package is 
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import statistics
 from collections.abc import Callable, Sequence
@@ -120,13 +121,9 @@ def onnx_gru_model(gru: nn.GRU, order: Sequence[int] = ONNX_ORDER) -> Any:
 def ort_runner(model: Any, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """``x -> y`` through an ONNX Runtime CPU session of ``model`` (a ModelProto) with ``threads`` intra-op
     threads (one inter-op thread, sequential execution)."""
-    import onnxruntime as ort
+    from gru_lib.export import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model.SerializeToString(), threads)
     return lambda x: session.run(None, {"x": x})[0]
 
 
@@ -295,10 +292,12 @@ def bench_peers(forward: Sequence[Shape] = DEFAULT_FORWARD, backward: Sequence[S
 
 def peer_versions() -> dict[str, str]:
     """The version of each installed runtime: torch, onnx, onnxruntime, openvino."""
-    versions = {"torch": torch.__version__}
-    for package in ("onnx", "onnxruntime", "openvino"):
-        if importlib.util.find_spec(package) is not None:
-            versions[package] = str(getattr(__import__(package), "__version__", "unknown"))
+    versions = {}
+    for package in ("torch", "onnx", "onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return versions
 
 

@@ -1,0 +1,168 @@
+"""ONNX export of the classifier (gru_lib.export, `python -m gru_lib export`): ONNX Runtime gives PyTorch's
+logits and predictions, padding included, for the shipped model on the whole test split and for bidirectional,
+two-layer models of every GRU backend. Exports take seconds each, so each model is exported once per module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
+
+from gru_lib.cli import main  # noqa: E402
+from gru_lib.export import (PaddedClassifier, check_onnx_classifier, export_classifier,  # noqa: E402
+                            export_gru_layer, onnx_logits, ort_session)
+from gru_lib.models import NewsClassifier  # noqa: E402
+from gru_lib.shipped import load_shipped  # noqa: E402
+
+
+def _random_ids(count: int, vocab: int, max_len: int, seed: int = 1) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (count,), generator=gen)
+    return [torch.randint(2, vocab, (int(n),), generator=gen).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module")
+def shipped_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NewsClassifier, object, object]:
+    model, vocab, config, _ = load_shipped()
+    return export_classifier(model, tmp_path_factory.mktemp("onnx") / "shipped.onnx"), model, vocab, config
+
+
+@pytest.fixture(scope="module")
+def bidirectional(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NewsClassifier]:
+    """A two-layer bidirectional classifier with every pooling and the gru_lib backend (the shipped model
+    has the torch backend), exported."""
+    torch.manual_seed(0)
+    model = NewsClassifier(60, embed_dim=6, hidden_size=5, num_layers=2, bidirectional=True, backend="gru_lib",
+                           pooling="mean+max+last+emb").eval()
+    return export_classifier(model, tmp_path_factory.mktemp("onnx") / "bidirectional.onnx"), model
+
+
+def test_the_graph_has_gru_nodes_and_dynamic_batch_and_length(shipped_onnx) -> None:  # noqa: ANN001
+    graph = onnx.load(str(shipped_onnx[0])).graph
+    ops = {node.op_type for node in graph.node}
+    assert "GRU" in ops and "Loop" not in ops  # the recurrence is ONNX's GRU, not an unrolled or looped scan
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {"ids": ["batch", "steps"], "lengths": ["batch"]}
+
+
+@pytest.mark.slow
+def test_shipped_model_predicts_the_same_on_the_whole_test_split(shipped_onnx) -> None:  # noqa: ANN001
+    if not os.environ.get("GRU_LIB_DATA"):
+        pytest.skip("GRU_LIB_DATA is not set (the AG News test split)")
+    from gru_lib.data import load_ag_news
+    from gru_lib.text import numericalize
+
+    path, model, vocab, config = shipped_onnx
+    rows = load_ag_news("test", os.environ["GRU_LIB_DATA"], download=False)
+    ids = numericalize([f"{r.title} {r.description}" for r in rows], vocab, max_len=config.max_len,
+                       clean=config.clean_text)
+    check = check_onnx_classifier(path, model, ids, pad_index=vocab.pad_index)
+    assert check["rows"] == len(rows) == 7_600
+    assert check["same_predictions"] == 7_600
+    assert check["max_abs_diff"] < 1e-4
+
+
+def test_bidirectional_two_layers_match_pytorch(bidirectional) -> None:  # noqa: ANN001
+    path, model = bidirectional
+    ids = _random_ids(50, 60, 23)
+    check = check_onnx_classifier(path, model, ids, batch_size=9)  # batches mix lengths: padding everywhere
+    assert check["same_predictions"] == 50 and check["max_abs_diff"] < 1e-5
+
+
+def test_padding_changes_no_logit(bidirectional) -> None:  # noqa: ANN001
+    path, _ = bidirectional
+    session = ort_session(path)
+    ids = _random_ids(6, 60, 9, seed=3)
+    alone = torch.cat([onnx_logits(session, [seq]) for seq in ids])
+    together = onnx_logits(session, ids, batch_size=6)  # one batch padded to the longest
+    assert torch.allclose(alone, together, atol=1e-6, rtol=0)
+    # Different token ids in the padding cells: the same logits (the pad id reaches nothing).
+    from gru_lib.text import collate_padded
+
+    tokens, lengths, _ = collate_padded([(seq, 0) for seq in ids])
+    noisy = tokens.masked_fill(torch.arange(tokens.shape[1])[None, :] >= lengths[:, None], 7)
+    (logits,) = session.run(None, {"ids": noisy.numpy(), "lengths": lengths.numpy()})
+    assert torch.allclose(torch.from_numpy(logits), together, atol=1e-6, rtol=0)
+
+
+def test_padded_classifier_is_the_packed_one_in_pytorch() -> None:
+    """The exported function itself (no ONNX): the same logits as the classifier's packed forward."""
+    torch.manual_seed(0)
+    model = NewsClassifier(40, embed_dim=4, hidden_size=3, num_layers=2, bidirectional=True).eval()
+    from gru_lib.text import collate_padded
+
+    tokens, lengths, _ = collate_padded([(seq, 0) for seq in _random_ids(8, 40, 11)])
+    with torch.no_grad():
+        assert torch.allclose(PaddedClassifier(model)(tokens, lengths), model(tokens, lengths), atol=1e-6, rtol=0)
+
+
+def test_a_backend_without_gru_weights_is_refused() -> None:
+    from gru_lib.errors import GruLibError
+
+    with pytest.raises(GruLibError, match="'mingru' backend cannot be exported"):
+        PaddedClassifier(NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru"))
+
+
+@pytest.mark.parametrize("layer_class", ["gru_lib.GRU", "FastGRU"])
+def test_a_bare_gru_layer_exports(layer_class: str, tmp_path: Path) -> None:
+    """gru_lib's GRU layers are nn.GRU subclasses that export as ONNX GRU nodes with their own weights."""
+    from gru_lib.fast import FastGRU
+    from gru_lib.layer import GRU
+
+    cls = GRU if layer_class == "gru_lib.GRU" else FastGRU
+    if not issubclass(cls, nn.GRU):
+        pytest.skip(f"{layer_class} is not an nn.GRU subclass in this version")
+    torch.manual_seed(0)
+    layer = cls(4, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    path = export_gru_layer(layer, tmp_path / "layer.onnx")
+    assert "GRU" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    x = torch.randn(2, 9, 4)  # other B and T than the export's example
+    (y,) = ort_session(path).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(y), layer(x)[0], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- the command line
+
+
+def test_export_command_writes_checks_and_refuses_to_overwrite(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--out", str(out), "--check-rows", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "on 40 random texts" in printed and "same prediction on 40" in printed
+    assert "GRU" in {node.op_type for node in onnx.load(str(out)).graph.node}
+    before = out.read_bytes()
+    assert main(["export", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {out}: exists (pass --force to overwrite it)\n"
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["export", "--out", "DIR"], ["--out", "is a directory"]),
+    (["export", "--out", "DIR/missing/m.onnx"], ["--out", "does not exist"]),
+    (["export", "--out", "DIR/m.onnx", "--checkpoint", "DIR/nope"], ["--checkpoint", "no such file"]),
+    (["export", "--out", "DIR/m.onnx", "--checkpoint", "DIR/junk.bin"], ["junk.bin"]),
+    (["export", "--out", "DIR/m.onnx", "--check-rows", "0"], ["--check-rows", "must be >= 1"]),
+    (["export"], ["--out", "required"]),
+])
+def test_export_misuse_is_one_line(argv: list[str], words: list[str], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "junk.bin").write_bytes(b"not a model at all")
+    argv = [a.replace("DIR", str(tmp_path)) for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "m.onnx").exists()
