@@ -19,9 +19,12 @@ An existing ``--out`` is refused unless ``--force``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -170,29 +173,58 @@ def _record(rows: dict[str, Any], machine: dict[str, Any], base: TrainConfig, va
     }
 
 
+Task = tuple[str, int] | None  # (variant, seed), or None: the baselines
+
+
+def _run_task(task: Task, base: TrainConfig, fit: Sequence[NewsExample], validation: Sequence[NewsExample],
+              test: Sequence[NewsExample], threads: int, grid: Sequence[float]) -> Any:
+    """One unit of the study: the baselines (``task`` None) or one variant and seed."""
+    if task is None:
+        return run_baselines(fit, validation, test, grid)
+    return run_variant(task[0], task[1], base, fit, validation, test, threads)
+
+
+def _results(tasks: Sequence[Task], jobs: int, work: typing.Callable[[Task], Any]
+             ) -> typing.Iterator[tuple[Task, Any]]:
+    """(task, result) as each finishes: in this process (``jobs`` 1) or in ``jobs`` worker processes."""
+    if jobs == 1:
+        for task in tasks:
+            yield task, work(task)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(work, task): task for task in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
 def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], base: TrainConfig,
-              val_fraction: float, threads: int, grid: Sequence[float] = C_GRID,
+              val_fraction: float, threads: int, grid: Sequence[float] = C_GRID, jobs: int = 1,
               save: typing.Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The whole study on the rows in ``data_dir``: the baselines, then every variant for every seed. Each
-    result is printed as one JSON line (flushed, so a log file follows the study), and ``save`` receives the
-    study so far (``complete`` false) after each, so a stopped study keeps what it measured."""
-    started, machine = time.perf_counter(), machine_info(threads)
+    """The whole study on the rows in ``data_dir``: the baselines and every variant for every seed, ``jobs`` at
+    a time. Each result is printed as one JSON line (flushed, so a log file follows the study), and ``save``
+    receives the study so far (``complete`` false) after each, so a stopped study keeps what it measured."""
+    started, machine = time.perf_counter(), {**machine_info(threads), "jobs": jobs}
     train_rows = load_ag_news("train", data_dir, download=False)
     test_rows = load_ag_news("test", data_dir, download=False)
     fit, validation = split_validation(train_rows, val_fraction, seed=0)
     rows = {"train": len(train_rows), "fit": len(fit), "validation": len(validation), "test": len(test_rows),
             "train_sha256": rows_sha256(train_rows), "test_sha256": rows_sha256(test_rows),
             "split": {"val_fraction": val_fraction, "seed": 0}}
-    baselines = run_baselines(fit, validation, test_rows, grid)
-    for row in baselines:
-        print(json.dumps({k: v for k, v in row.items() if k != "val_accuracy_by_C"}), flush=True)
+    tasks: list[Task] = [None, *((name, seed) for name in variants for seed in seeds)]
+    work = functools.partial(_run_task, base=base, fit=fit, validation=validation, test=test_rows,
+                             threads=threads, grid=grid)
     runs: list[dict[str, Any]] = []
-    for name in variants:
-        for seed in seeds:
-            runs.append(run_variant(name, seed, base, fit, validation, test_rows, threads))
-            print(json.dumps(runs[-1]), flush=True)
-            if save is not None:
-                save(_record(rows, machine, base, variants, seeds, runs, baselines, grid, started, False))
+    baselines: list[dict[str, Any]] = []
+    for task, result in _results(tasks, jobs, work):
+        if task is None:
+            baselines = result
+        else:
+            runs = sorted([*runs, result], key=lambda r: (list(variants).index(r["variant"]), r["seed"]))
+        for line in result if task is None else [result]:
+            print(json.dumps({k: v for k, v in line.items() if k != "val_accuracy_by_C"}), flush=True)
+        if save is not None:
+            save(_record(rows, machine, base, variants, seeds, runs, baselines, grid, started, False))
     return _record(rows, machine, base, variants, seeds, runs, baselines, grid, started, True)
 
 
@@ -231,6 +263,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--threads", type=_positive, default=1, help="intra-op threads per training")
+    parser.add_argument("--jobs", type=_positive, default=1, help="trainings (and the baselines) run at once, "
+                        "each in its own process")
     parser.add_argument("--epochs", type=_positive, default=defaults.epochs)
     parser.add_argument("--embed-dim", type=_positive, default=defaults.embed_dim)
     parser.add_argument("--hidden-size", type=_positive, default=defaults.hidden_size)
@@ -256,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        hidden_size=args.hidden_size)
     try:
         study = run_study(args.data or default_data_dir(), seeds=args.seeds, variants=args.variants, base=base,
-                          val_fraction=args.val_fraction, threads=args.threads, grid=args.grid,
+                          val_fraction=args.val_fraction, threads=args.threads, grid=args.grid, jobs=args.jobs,
                           save=lambda so_far: write_study(args.out, {"command": command, **so_far}))
     except (GruLibError, OSError) as error:
         print(f"error: python -m gru_lib.ablation: {error}", file=sys.stderr)
