@@ -28,13 +28,14 @@ from torch.nn import functional as F
 from gru_lib import native
 
 __all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
-           "choose_mode", "extension", "ROWS_MIN_BATCH"]
+           "choose_mode", "extension", "ROWS_PER_THREAD", "PREFETCH", "SPIN_BARRIER"]
 
 _STEM = "gru_infer"
 BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32)
-# Batches at least this large split their rows across threads (no barrier per step); smaller ones split the
-# hidden units, with one barrier per step (benchmarks/infer_bench.py measures both).
-ROWS_MIN_BATCH = 8
+# With at least this many rows per thread the threads split the batch rows (no barrier per step, every
+# thread reads all of W_hh, compute-bound); with fewer they split the hidden units (each reads its share of
+# W_hh, bandwidth-bound, one barrier per step). benchmarks/infer_bench.py measures both.
+ROWS_PER_THREAD = 4
 PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none)
 SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
 _CACHE_SIZE = 16
@@ -97,10 +98,12 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def choose_mode(batch: int) -> str:
-    """``"rows"`` (threads split the batch rows) for ``batch >= ROWS_MIN_BATCH``, else ``"cols"`` (threads
-    split the hidden units, one barrier per step)."""
-    return "rows" if batch >= ROWS_MIN_BATCH else "cols"
+def choose_mode(batch: int, threads: int | None = None) -> str:
+    """``"rows"`` (threads split the batch rows) when ``batch >= ROWS_PER_THREAD * threads``, else ``"cols"``
+    (threads split the hidden units, one barrier per step); ``threads`` defaults to torch's count. One
+    thread always runs "rows" (no barrier)."""
+    threads = threads or torch.get_num_threads()
+    return "rows" if threads == 1 or batch >= ROWS_PER_THREAD * threads else "cols"
 
 
 def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -144,7 +147,7 @@ def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tens
         lengths = None if bool((lengths >= steps).all()) else lengths.to("cpu", torch.int64).clamp(max=steps)
     with torch.no_grad():
         out, h_n = extension().forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, lengths,
-                                       mode or choose_mode(batch), threads, True,
+                                       mode or choose_mode(batch, threads), threads, True,
                                        [PREFETCH if prefetch is None else prefetch,
                                         int(SPIN_BARRIER if spin is None else spin)])
     return out, h_n

@@ -226,3 +226,11 @@ def test_release_cached_buffers(module) -> None:
     with torch.no_grad():
         infer(torch.randn(3, 2, 4), torch.zeros(2, 6), *weights(gru))
     native.release_cached_buffers()
+
+
+def test_choose_mode() -> None:
+    assert inference.choose_mode(1, 1) == "rows"  # one thread: no barrier
+    assert inference.choose_mode(1, 2) == "cols"
+    assert inference.choose_mode(7, 2) == "cols"
+    assert inference.choose_mode(8, 2) == "rows"
+    assert inference.choose_mode(16, 16) == "cols"

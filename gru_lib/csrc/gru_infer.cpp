@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -260,9 +261,9 @@ void thread_count_and_id(int64_t& n, int64_t& id) {
 #endif
 }
 
-// A sense-reversing spin barrier for the threads of one parallel region: each step's wait is a few cache-line
-// transfers. A waiter yields its core after a few thousand spins, so a preempted thread is not starved by
-// its partner on a busy machine.
+// A generation-counting spin barrier for the threads of one parallel region: each step's wait is a few
+// cache-line transfers. A waiter that has spun for kSpin yields its core between polls, so on a busy machine
+// a preempted partner gets the core back instead of being starved by the spinner.
 class SpinBarrier {
  public:
   explicit SpinBarrier(int64_t n) : n_(n) {}
@@ -273,8 +274,9 @@ class SpinBarrier {
       gen_.fetch_add(1, std::memory_order_release);
       return;
     }
-    for (int64_t spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < 4096) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t spins = 1; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins % 64 != 0 || std::chrono::steady_clock::now() - start < kSpin) {
         pause();
       } else {
         std::this_thread::yield();
@@ -288,6 +290,7 @@ class SpinBarrier {
     __builtin_ia32_pause();
 #endif
   }
+  static constexpr std::chrono::microseconds kSpin{20};
   const int64_t n_;
   alignas(64) std::atomic<int64_t> count_{0};
   alignas(64) std::atomic<int64_t> gen_{0};
@@ -376,6 +379,7 @@ std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor
   if (b_hh.has_value() && b_hh->defined()) bhn.narrow(0, 0, H).copy_(b_hh->narrow(0, 2 * H, H));
 
   options.resize(2, 0);
+  at::NoGradGuard no_grad;  // inference only: the products below never record autograd history
   at::Tensor out = gru_buffers::empty_large({T, B, H}, x_.options());
   if (T > 0 && B > 0) {
     const at::Tensor gi = input_projection(x_.reshape({T * B, D}), w_ih, b_ih, b_hh, H).contiguous();
