@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from gru_lib import native
+from gru_lib.lengths import reverse_within_lengths
 
 __all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
            "choose_mode", "extension", "ROWS_PER_THREAD", "PREFETCH", "SPIN_BARRIER"]
@@ -125,11 +126,13 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
 
 
 def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                   b_hh: Tensor | None, lengths: Tensor | None = None, *, mode: str | None = None,
-                   threads: int = 0, prefetch: int | None = None, spin: bool | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`gru_lib.fast.fast_gru_scan` forward (``reverse=False``) without autograd: x (T, B, D), h0
-    (B, H), lengths (B,) or None; returns output (T, B, H), zero at ``t >= lengths[b]``, and h_n (B, H),
-    the state after each sequence's last valid step (h0 for length 0). Raises ValueError with
+                   b_hh: Tensor | None, lengths: Tensor | None = None, *, reverse: bool = False,
+                   mode: str | None = None, threads: int = 0, prefetch: int | None = None,
+                   spin: bool | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`gru_lib.fast.fast_gru_scan`'s forward without autograd: x (T, B, D), h0 (B, H), lengths (B,)
+    or None; returns output (T, B, H), zero at ``t >= lengths[b]``, and h_n (B, H), the state after each
+    sequence's last valid step (h0 for length 0); ``reverse`` reads each sequence backwards within its
+    length (h_n: the state after its step 0), as fast_gru_scan does. Raises ValueError with
     :func:`unsupported_reason`'s message when that is not None. ``mode`` (``"rows"``/``"cols"``, default
     :func:`choose_mode`), ``threads`` (default ``torch.get_num_threads()``), ``prefetch`` (default
     :data:`PREFETCH`) and ``spin`` (default :data:`SPIN_BARRIER`) exist for measurements."""
@@ -144,10 +147,14 @@ def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tens
     if lengths is not None:
         if lengths.shape != (batch,):
             raise ValueError(f"gru_infer_scan: lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-        lengths = None if bool((lengths >= steps).all()) else lengths.to("cpu", torch.int64).clamp(max=steps)
+        lengths = None if bool((lengths >= steps).all()) else lengths.to("cpu", torch.int64).clamp(0, steps)
+    if reverse:  # the index is an involution: the same gather un-reverses the output
+        x = x.flip(0) if lengths is None else reverse_within_lengths(x, lengths, time_major=True)
     with torch.no_grad():
         out, h_n = extension().forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, lengths,
                                        mode or choose_mode(batch, threads), threads, True,
                                        [PREFETCH if prefetch is None else prefetch,
                                         int(SPIN_BARRIER if spin is None else spin)])
+    if reverse:
+        out = out.flip(0) if lengths is None else reverse_within_lengths(out, lengths, time_major=True)
     return out, h_n

@@ -113,6 +113,37 @@ def test_lengths(module, mode: str, threads: int) -> None:
         assert (h_n[b] - want_h[0]).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_reverse(module, with_lengths: bool) -> None:
+    """reverse=True reads each row backwards within its length: nn.GRU on the reversed valid prefix."""
+    gru = make(6, 21)
+    steps = 6
+    lengths = torch.tensor([6, 2, 0, 5]) if with_lengths else torch.full((4,), steps)
+    x, h0 = torch.randn(steps, 4, 6), torch.randn(4, 21)
+    out, h_n = infer(x, h0, *weights(gru), lengths if with_lengths else None, reverse=True, mode="cols", threads=2)
+    for b, length in enumerate(lengths.tolist()):
+        assert bool((out[length:, b] == 0).all())
+        if length == 0:
+            assert torch.equal(h_n[b], h0[b])
+            continue
+        want_out, want_h = reference(gru, x[:length, b: b + 1].flip(0), h0[b: b + 1])
+        assert (out[:length, b] - want_out[:, 0].flip(0)).abs().max().item() <= TOL
+        assert (h_n[b] - want_h[0]).abs().max().item() <= TOL
+
+
+def test_same_as_fast_gru_scan(module) -> None:
+    """The contract FastGRU's no-grad path hands over: the same results as fast_gru_scan, both directions."""
+    from gru_lib.fast import fast_gru_scan
+
+    gru = make(7, 30)
+    x, h0, lengths = torch.randn(5, 3, 7), torch.randn(3, 30), torch.tensor([5, 1, 3])
+    w_ih, w_hh, b_ih, b_hh = weights(gru)
+    with torch.no_grad():
+        for reverse, lens in itertools.product([False, True], [None, lengths]):
+            want = fast_gru_scan(x, h0, lens, w_ih, w_hh, b_ih, b_hh, reverse)
+            assert_close(infer(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse=reverse), want)
+
+
 def test_lengths_all_full_match_none(module) -> None:
     gru = make(4, 10)
     x, h0 = torch.randn(5, 3, 4), torch.randn(3, 10)
