@@ -21,6 +21,7 @@ runs the file in ONNX Runtime and compares. Needs ``onnx``, ``onnxscript`` (the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
 import logging
@@ -124,8 +125,9 @@ def _example_batch(vocab_size: int, batch: int = 3, steps: int = 7) -> tuple[Ten
 def export_classifier(model: NewsClassifier, out: str | Path, *, opset: int = OPSET) -> Path:
     """Write ``model`` (any GRU backend, uni- or bidirectional, any depth and pooling) as an ONNX file with
     inputs ``ids`` (B, T) int64 and ``lengths`` (B,) int64, output ``logits`` (B, C), B and T dynamic
-    (module docstring). The model is put in eval mode. Returns the path."""
-    model = model.eval().cpu()
+    (module docstring), from an eval-mode copy of ``model`` on the CPU (``model`` is left as it is). Returns
+    the path."""
+    model = copy.deepcopy(model).cpu().eval()
     ids, lengths = _example_batch(model.embedding.num_embeddings)
     wrapper = PaddedClassifier(model).eval()
     batch, steps = torch.export.Dim("batch", min=1), torch.export.Dim("steps", min=1)
@@ -138,28 +140,30 @@ def export_classifier(model: NewsClassifier, out: str | Path, *, opset: int = OP
     return out
 
 
-def export_gru_layer(layer: nn.Module, out: str | Path, *, batch_first: bool | None = None,
-                     opset: int = OPSET) -> Path:
-    """Write a GRU layer (``nn.GRU`` or a ``gru_lib`` GRU that exports as one) as ONNX: input ``x``
-    ((T, B, D), or (B, T, D) when batch first), output ``y`` as the layer's first output; T and B dynamic."""
-    batch_first = getattr(layer, "batch_first", False) if batch_first is None else batch_first
-    size = getattr(layer, "input_size")
-    x = torch.randn((3, 5, size) if batch_first else (5, 3, size), generator=torch.Generator().manual_seed(0))
-    axes = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("steps", min=1)} if batch_first else \
-        {0: torch.export.Dim("steps", min=1), 1: torch.export.Dim("batch", min=1)}
+class _FirstOutput(nn.Module):
+    """A recurrent layer's output sequence only (``layer(x)[0]``): the graph's one output."""
 
-    class _Output(nn.Module):  # the first output only: h_n's shape is not dynamic in T
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = layer
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
 
-        def forward(self, x: Tensor) -> Tensor:
-            return self.layer(x)[0]
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)[0]
 
+
+def export_gru_layer(layer: nn.GRU, out: str | Path, *, opset: int = OPSET) -> Path:
+    """Write a GRU layer (``nn.GRU``, or a subclass such as :class:`gru_lib.GRU` and
+    :class:`gru_lib.fast.FastGRU` that exports as one) as ONNX: input ``x`` laid out as the layer's ((T, B, D),
+    or (B, T, D) when batch first), output ``y``, its output sequence; T and B dynamic. Returns the path."""
+    steps, batch = torch.export.Dim("steps", min=1), torch.export.Dim("batch", min=1)
+    axes = {0: batch, 1: steps} if layer.batch_first else {0: steps, 1: batch}
+    shape = (3, 5, layer.input_size) if layer.batch_first else (5, 3, layer.input_size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     with _exporting():
-        program = torch.onnx.export(_Output().eval(), (x,), dynamo=True, opset_version=opset, input_names=["x"],
-                                    output_names=["y"], dynamic_shapes={"x": axes})
+        program = torch.onnx.export(_FirstOutput(copy.deepcopy(layer).cpu().eval()), (x,), dynamo=True,
+                                    opset_version=opset, input_names=["x"], output_names=["y"],
+                                    dynamic_shapes={"x": axes})
     program.save(str(out))
     return out
 
