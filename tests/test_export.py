@@ -146,6 +146,28 @@ def test_export_command_writes_checks_and_refuses_to_overwrite(tmp_path: Path,
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+def test_export_command_takes_a_run_directory_or_its_checkpoint(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from gru_lib.checkpoint import save_checkpoint
+    from gru_lib.cli import _load_any_classifier
+
+    _, vocab, config, _ = load_shipped()
+    torch.manual_seed(0)
+    model = NewsClassifier(len(vocab), embed_dim=4, hidden_size=3, bidirectional=True).eval()
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config(), "vocab": vocab.to_dict(),
+                     "train_config": config.to_dict()}, tmp_path / "checkpoint.pt")
+    loaded = _load_any_classifier(str(tmp_path))[0]  # the directory and the file give the same model
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    out = tmp_path / "run.onnx"
+    argv = ["export", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--out", str(out), "--check-rows", "30"]
+    if os.environ.get("GRU_LIB_DATA"):
+        argv += ["--data", os.environ["GRU_LIB_DATA"]]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "same prediction on 30" in printed
+    assert ("on 30 test rows" if "--data" in argv else "on 30 random texts") in printed
+
+
 @pytest.mark.parametrize("argv,words", [
     (["export", "--out", "DIR"], ["--out", "is a directory"]),
     (["export", "--out", "DIR/missing/m.onnx"], ["--out", "does not exist"]),
