@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from gru_lib.cell import gru_gates_from_projection
+from gru_lib.cell import GRUCell, gru_gates_from_projection
 from gru_lib.lengths import length_mask
 
-__all__ = ["GRU"]
+__all__ = ["GRU", "to_torch_modules"]
 
 
 def _valid_mask(lengths: Tensor | None, steps: int, device: torch.device) -> Tensor | None:
@@ -229,3 +229,17 @@ class GRU(nn.GRU):
                 h = torch.where(valid[t], h_step, h)
                 outputs[t] = h.masked_fill(padded[t], 0.0)
         return torch.stack(outputs), h
+
+
+def to_torch_modules(model: nn.Module) -> nn.Module:
+    """Replace, in place, every :class:`GRU` (FastGRU included) and :class:`~gru_lib.cell.GRUCell` inside
+    ``model`` by its ``to_torch()`` twin, which holds the same Parameter objects; return ``model`` (or the twin
+    when ``model`` is one of them). For tools that look modules up by their exact class, as
+    ``torch.ao.quantization.quantize_dynamic`` does: ``quantize_dynamic(to_torch_modules(model), {nn.GRU})``."""
+    if isinstance(model, (GRU, GRUCell)):
+        return model.to_torch()
+    for name, child in model.named_children():
+        twin = to_torch_modules(child)
+        if twin is not child:
+            setattr(model, name, twin)
+    return model
