@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+# The chapters (01_...), then the appendices (A1_...): both follow the same frame.
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")) + sorted((ROOT / "notebooks").glob("A[0-9]*.ipynb"))
 MAX_LINE = 88
 SETUP_ID = "setup-gru-lib"
 
