@@ -154,7 +154,13 @@ def _runtimes(gru: nn.GRU, threads: int, x: torch.Tensor) -> dict[str, Callable[
     return found
 
 
-def compare(batch: int, steps: int, threads: int, rounds: int, inputs: int, hidden: int, runtimes: bool) -> None:
+def compare(batch: int, steps: int, threads: int, rounds: int, inputs: int, hidden: int, runtimes: bool,
+            variants: bool, clock: str, budget: float) -> None:
+    """Median (and min) time of each method over interleaved rounds; ``clock`` "wall" (perf_counter) or
+    "cpu" (process_time: this process's CPU time, all its threads, so time spent preempted by other work on
+    a busy machine does not count; meaningful for one thread). Stops after ``budget`` seconds of rounds
+    (at least 3 rounds), so a busy machine is not held longer."""
+    timer = time.perf_counter if clock == "wall" else time.process_time
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gru = nn.GRU(inputs, hidden).eval()
@@ -165,9 +171,10 @@ def compare(batch: int, steps: int, threads: int, rounds: int, inputs: int, hidd
         "nn.GRU": lambda: gru(x),
         "FastGRU": lambda: fast_gru_scan(x, h0, None, *w),
         "infer": lambda: inference.gru_infer_scan(x, h0, *w),
-        "infer rows": lambda: inference.gru_infer_scan(x, h0, *w, mode="rows"),
-        "infer cols": lambda: inference.gru_infer_scan(x, h0, *w, mode="cols"),
     }
+    if variants:
+        methods["infer rows"] = lambda: inference.gru_infer_scan(x, h0, *w, mode="rows")
+        methods["infer cols"] = lambda: inference.gru_infer_scan(x, h0, *w, mode="cols")
     if runtimes:
         methods.update(_runtimes(gru, threads, x))
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -176,15 +183,19 @@ def compare(batch: int, steps: int, threads: int, rounds: int, inputs: int, hidd
         assert (inference.gru_infer_scan(x, h0, *w)[0] - ref).abs().max() < 1e-5
         for fn in methods.values():  # warm-up: builds, packs, first touch
             fn()
-        for _ in range(rounds):
+        began = time.perf_counter()
+        for done in range(rounds):
+            if done >= 3 and time.perf_counter() - began > budget:
+                break
             for name, fn in methods.items():
-                start = time.perf_counter()
+                start = timer()
                 fn()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timer() - start)
         errors = {name: float((torch.as_tensor(_first(fn())) - ref).abs().max()) for name, fn in methods.items()}
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     base, base_min = medians["infer"], min(times["infer"])
-    print(f"B={batch} T={steps} D={inputs} H={hidden} threads={threads} rounds={rounds} "
+    rounds = len(times["infer"])
+    print(f"B={batch} T={steps} D={inputs} H={hidden} threads={threads} rounds={rounds} clock={clock} "
           f"(auto mode: {inference.choose_mode(batch)}); ratio = method / infer")
     print(f"  {'method':16s} {'median ms':>10s} {'us/step':>8s} {'ratio':>6s} | {'min ms':>8s} {'us/step':>8s} "
           f"{'ratio':>6s} | max |diff| vs nn.GRU")
@@ -211,11 +222,15 @@ def main() -> None:
     parser.add_argument("-n", "--threads", type=int, default=1)
     parser.add_argument("-r", "--rounds", type=int, default=15)
     parser.add_argument("--no-runtimes", action="store_true", help="skip ONNX Runtime and OpenVINO")
+    parser.add_argument("--variants", action="store_true", help="also the kernel with mode rows and cols")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--budget", type=float, default=25.0, help="seconds of timed rounds at most")
     args = parser.parse_args()
     if args.what == "bound":
         bound(args.hidden, args.rounds)
     else:
-        compare(args.batch, args.steps, args.threads, args.rounds, args.inputs, args.hidden, not args.no_runtimes)
+        compare(args.batch, args.steps, args.threads, args.rounds, args.inputs, args.hidden, not args.no_runtimes,
+                args.variants, args.clock, args.budget)
 
 
 if __name__ == "__main__":
