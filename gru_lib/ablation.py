@@ -13,7 +13,9 @@ and are fitted on the fit rows only, then scored once on the test rows.
 The JSON records, per run, the validation and test scores, the parameters the variant uses, the seconds,
 and where it ran (processor, torch version, threads, git commit); and the SHA-256 of the training and test
 rows (:func:`rows_sha256`), so that a reader can tell whether the stored results belong to the rows they have.
-An existing ``--out`` is refused unless ``--force``.
+An existing ``--out`` is refused unless ``--force``. The JSON is written after every run (``complete`` false until
+the end), so a stopped study keeps what it measured. ``--jobs N`` trains N models at a time, each in its own
+process with ``--threads`` threads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -192,10 +195,17 @@ def _results(tasks: Sequence[Task], jobs: int, work: typing.Callable[[Task], Any
             yield task, work(task)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context)
+    try:
         futures = {pool.submit(work, task): task for task in tasks}
         for future in concurrent.futures.as_completed(futures):
             yield futures[future], future.result()
+    except BaseException:  # Ctrl-C, SIGTERM (main), a failed task: stop the workers too
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], base: TrainConfig,
@@ -280,8 +290,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: the study stops its workers and keeps its JSON (the command line installs it)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, writing its JSON after every run (``complete`` true once it has finished)."""
+    """Run the study, writing its JSON after every run (``complete`` true once it has finished). Ctrl-C or
+    SIGTERM stops it and its workers; the JSON keeps the runs finished so far."""
     from gru_lib.errors import GruLibError
 
     args = parse_args(argv)
@@ -295,10 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (GruLibError, OSError) as error:
         print(f"error: python -m gru_lib.ablation: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"stopped: {args.out} holds the runs finished so far (complete: false)", file=sys.stderr)
+        return 130
     write_study(args.out, {"command": command, **study})
     print(f"wrote {args.out} ({len(study['runs'])} runs, {study['wall_seconds']:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     sys.exit(main())

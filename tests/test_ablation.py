@@ -139,3 +139,19 @@ def test_missing_data_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: python -m gru_lib.ablation:"), err
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_worker_processes_give_the_same_runs(data_dir: Path, tmp_path: Path, restore_threads: None) -> None:
+    """``--jobs 2`` trains in spawned processes; each run seeds itself, so the results match ``--jobs 1``."""
+    results = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}.json"
+        argv = ["--out", str(out), "--data", str(data_dir), "--seeds", "0", "1", "--variants", "emb_only",
+                "--jobs", jobs, *TINY]
+        assert main(argv) == 0
+        study = json.loads(out.read_text())
+        assert study["complete"] and study["machine"]["jobs"] == int(jobs)
+        results.append([(r["seed"], r["val_accuracy"], r["test_accuracy"]) for r in study["runs"]])
+    assert results[0] == results[1]
