@@ -1,5 +1,5 @@
 """An inference-only GRU scan for the CPU (``csrc/gru_infer.cpp``): :func:`gru_lib.fast.fast_gru_scan`'s
-forward contract, float32, without autograd, fast for small batches.
+forward contract, float32, without autograd.
 
 One direction of one layer, time-major, PyTorch's "reset-after" GRU with weights stacked r|z|n::
 
@@ -11,7 +11,14 @@ The per-step product ``h W_hh^T`` is a hand-written AVX-512 kernel (a portable l
 gates, reading ``W_hh`` in the packed layout of :func:`pack_weights`, with the whole time loop in C++.
 
 Use it only where no gradient is needed: :func:`unsupported_reason` says ``None`` when
-:func:`gru_infer_scan` applies, else why not (the caller then takes its usual path).
+:func:`gru_infer_scan` applies, else why not (the caller then takes its usual path)::
+
+    if unsupported_reason(x, h0, w_ih, w_hh, b_ih, b_hh, lengths) is None:
+        out, h_n = gru_infer_scan(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse=reverse)
+
+Threads: ``torch.get_num_threads()``; with ``B >= ROWS_PER_THREAD * threads`` each thread runs its own batch
+rows through all steps (no synchronisation), otherwise the threads split the hidden units and meet at one
+barrier per step (:func:`choose_mode`).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of
 # thread reads all of W_hh, compute-bound); with fewer they split the hidden units (each reads its share of
 # W_hh, bandwidth-bound, one barrier per step). benchmarks/infer_bench.py measures both.
 ROWS_PER_THREAD = 4
-PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none)
+PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none; 2-16 measured no faster)
 SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
 _CACHE_SIZE = 16
 
@@ -87,11 +94,18 @@ def packed_weights(w_hh: Tensor) -> Tensor:
         _CACHE.move_to_end(key)
         return entry[2]
     packed = pack_weights(w_hh)
-    _CACHE[key] = (weakref.ref(w_hh), version, packed)
+    _CACHE[key] = (weakref.ref(w_hh, lambda ref, key=key: _forget(key, ref)), version, packed)
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return packed
+
+
+def _forget(key: tuple, ref: weakref.ref) -> None:
+    """Drop the entry of a weight that was freed (unless a newer tensor at its address owns the key)."""
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0] is ref:
+        del _CACHE[key]
 
 
 def clear_cache() -> None:

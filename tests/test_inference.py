@@ -213,6 +213,15 @@ def test_cache_is_per_tensor(module) -> None:
         assert not torch.equal(packed_weights(w_new), packed_weights(w))
 
 
+def test_cache_drops_freed_weights(module) -> None:
+    inference.clear_cache()
+    w = make(3, 9).weight_hh_l0.detach().clone()
+    packed_weights(w)
+    assert len(inference._CACHE) == 1
+    del w
+    assert len(inference._CACHE) == 0
+
+
 def test_pack_layout() -> None:
     hidden = 18
     w_hh = torch.randn(3 * hidden, hidden)
