@@ -305,6 +305,18 @@ def test_gru_export_is_aten_gru(impl: str, config: str) -> None:
 
 
 @pytest.mark.parametrize("impl", GRUS)
+def test_gru_torch_compile_runs_it_outside_the_graph_as_nn_gru(impl: str) -> None:
+    """Dynamo does not trace RNNBase modules: torch.compile runs them eagerly, and fullgraph=True refuses."""
+    gru = _build(GRUS[impl], 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    torch._dynamo.reset()  # a frame Dynamo gave up on is skipped by every later compile
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
+        torch.compile(gru, backend="eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    _close(torch.compile(gru, backend="eager")(x), _reference({"num_layers": 2, "bidirectional": True}, x))
+
+
+@pytest.mark.parametrize("impl", GRUS)
 def test_gru_export_dynamic_batch(impl: str) -> None:
     kwargs = {"num_layers": 2, "bidirectional": True}
     batch = torch.export.Dim("batch", min=1, max=64)
