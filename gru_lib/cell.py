@@ -122,9 +122,9 @@ def gru_cell(
     return gates.h
 
 
-class GRUCellShapeError(RuntimeError, ValueError):
-    """An ``input`` or ``hx`` whose sizes :class:`GRUCell` cannot take. A RuntimeError, as ``nn.GRUCell`` raises
-    for these, and a ValueError, so that code catching the ValueError of ``gru_lib``'s earlier cell still works."""
+class GRUCellShapeError(RuntimeError):
+    """An ``input`` or ``hx`` whose sizes :class:`GRUCell` cannot take: a RuntimeError, as ``nn.GRUCell`` raises
+    for these."""
 
 
 class GRUCell(nn.GRUCell):
@@ -151,8 +151,6 @@ class GRUCell(nn.GRUCell):
         *,
         reset_after: bool = True,
     ) -> None:
-        if isinstance(input_size, int) and input_size <= 0:
-            raise GRUCellShapeError(f"GRUCell: input_size must be positive, got {input_size}")
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         self.reset_after = reset_after
 

@@ -69,8 +69,6 @@ class GRU(nn.GRU):
         dtype: torch.dtype | None = None,
         **kwargs: object,
     ) -> None:
-        if not isinstance(bidirectional, bool):  # nn.GRU takes any truthy value; a typo should not pass
-            raise TypeError(f"GRU: bidirectional should be of type bool, got: {type(bidirectional).__name__}")
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device=device, dtype=dtype, **kwargs,

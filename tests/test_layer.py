@@ -222,7 +222,6 @@ def test_wrong_input_size_and_h0_shape_raise_clear_errors() -> None:
         ({"num_layers": 0}, ValueError, "num_layers must be greater than zero"),
         ({"hidden_size": -1}, ValueError, "hidden_size must be greater than zero"),
         ({"input_size": 2.0}, TypeError, "input_size should be of type int, got: float"),
-        ({"bidirectional": 1}, TypeError, "bidirectional should be of type bool"),
         ({"batch_first": None}, TypeError, "batch_first should be of type bool"),
     ],
 )
