@@ -19,9 +19,13 @@
 - ``checkpoint``: atomic, weights-only checkpoints with everything an exact resume needs (chapter 5)
 - ``shipped``: the small trained classifier that ships with the book, read without pickle (chapter 5)
 - ``baseline``: TF-IDF + logistic regression, the classical baseline (chapter 5)
-- ``cli``: ``python -m gru_lib data | train | evaluate | predict | bench``, all argument parsing
+- ``ablation``: chapter 5's study, the classifier's parts over 3 seeds against tuned linear baselines (chapter 5)
+- ``cli``: ``python -m gru_lib data | train | evaluate | predict | export | bench``, all argument parsing
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
+- ``inference``: FastGRU's gradient-free forward for the CPU, one C++ loop with its own product (appendix)
 - ``bench``: timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
+- ``peers``: the same GRU in ONNX Runtime and OpenVINO, checked and timed beside ours (appendix)
+- ``export``: the classifier and GRU layers as ONNX, checked in ONNX Runtime (appendix)
 - ``scan``, ``mingru``: the parallel log-space scan and MinGRU, parallel in time (chapter 7)
 - ``distributed``: data-parallel training under torchrun, DDP (chapter 8)
 - ``precision``: mixed precision, bf16/fp16 autocast and loss scaling (chapter 8)
@@ -43,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["CLASSES", "NewsExample", "describe_ag_news", "ensure_ag_news", "load_ag_news"], "data"),
     **dict.fromkeys(["CheckpointError", "ConfigError", "DataError", "GruLibError"], "errors"),
     "FastGRU": "fast",
-    "GRU": "layer",
+    **dict.fromkeys(["GRU", "to_torch_modules"], "layer"),
     "MinGRU": "mingru",
     **dict.fromkeys(["classification_report", "confusion_matrix"], "metrics"),
     **dict.fromkeys(["ModelConfig", "TrainConfig"], "config"),
