@@ -36,7 +36,7 @@ from gru_lib import native
 from gru_lib.lengths import reverse_within_lengths
 
 __all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
-           "choose_mode", "extension", "ROWS_PER_THREAD", "PREFETCH", "SPIN_BARRIER"]
+           "choose_mode", "extension", "has_avx512_kernel", "ROWS_PER_THREAD", "PORTABLE_MAX_BATCH", "PREFETCH", "SPIN_BARRIER"]
 
 _STEM = "gru_infer"
 BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32)
@@ -46,6 +46,9 @@ BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of
 ROWS_PER_THREAD = 4
 PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none; 2-16 measured no faster)
 SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
+# Without AVX-512 the kernel's portable loop streams W_hh once per row: faster than FastGRU at B = 1, 2-3
+# times slower at B = 16 and 64 (measured with that loop on an AVX-512 CPU), so it is offered up to here.
+PORTABLE_MAX_BATCH = 2
 _CACHE_SIZE = 16
 
 
@@ -121,11 +124,18 @@ def choose_mode(batch: int, threads: int | None = None) -> str:
     return "rows" if threads == 1 or batch >= ROWS_PER_THREAD * threads else "cols"
 
 
+def has_avx512_kernel() -> bool:
+    """Whether this CPU runs the kernel's AVX-512 code (else its portable loop)."""
+    module = extension()
+    return module is not None and bool(module.avx512())
+
+
 def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                        b_hh: Tensor | None, lengths: Tensor | None = None) -> str | None:
-    """``None`` when :func:`gru_infer_scan` runs these arguments, else why it does not: the extension is
-    not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode on and an
-    input requires grad), or autocast is on for the CPU."""
+    """``None`` when :func:`gru_infer_scan` runs these arguments and is the faster path, else why not: the
+    extension is not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode
+    on and an input requires grad), autocast is on for the CPU, or the CPU has no AVX-512 and the batch
+    is larger than :data:`PORTABLE_MAX_BATCH`."""
     if extension() is None:
         return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'disabled'})"
     named = {"x": x, "h0": h0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
@@ -136,6 +146,8 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
         return "a gradient could be needed (grad mode on and an input requires grad)"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is enabled for the CPU"
+    if x.dim() == 3 and x.size(1) > PORTABLE_MAX_BATCH and not has_avx512_kernel():
+        return f"no AVX-512 on this CPU and batch {x.size(1)} > {PORTABLE_MAX_BATCH} (the portable loop is slower)"
     return None
 
 

@@ -253,6 +253,16 @@ def test_refuses_what_it_cannot_do(module) -> None:
             assert "autocast" in unsupported_reason(x, h0, *weights(gru))
 
 
+def test_without_avx512_only_small_batches(module, monkeypatch: pytest.MonkeyPatch) -> None:
+    gru = make(4, 6)
+    monkeypatch.setattr(inference, "has_avx512_kernel", lambda: False)
+    with torch.no_grad():
+        small = torch.randn(3, inference.PORTABLE_MAX_BATCH, 4)
+        assert unsupported_reason(small, torch.zeros(small.size(1), 6), *weights(gru)) is None
+        large = torch.randn(3, inference.PORTABLE_MAX_BATCH + 1, 4)
+        assert "AVX-512" in unsupported_reason(large, torch.zeros(large.size(1), 6), *weights(gru))
+
+
 def test_extension_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(native.NO_EXTENSION_ENV, "1")
     gru = make(4, 6)
