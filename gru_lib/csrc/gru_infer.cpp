@@ -77,38 +77,73 @@ struct Problem {
 // ---- AVX-512 path ----
 #if GRU_HAVE_AVX512_PATH
 
-AVX512_INLINE __m512 exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);  // p * 2^k
+// The gate functions work on N vectors at once, one stage of the computation for all N before the next:
+// each stage is a long dependency chain per vector (exp alone is ~15 dependent operations), so written
+// vector by vector the chains of a tile's rows overlap poorly and the gates cost as much as a third of the
+// product; staged, N independent operations are in flight at every step.
+
+// exp: fast_math.h's exp_f (clamp to [-87, 88], Cody-Waite reduction, Cephes degree-6 polynomial).
+template <int N>
+AVX512_INLINE void exp_n(__m512* x) {
+  __m512 k[N], p[N];
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    x[i] = _mm512_min_ps(_mm512_max_ps(x[i], _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    k[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], _mm512_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    x[i] = _mm512_fnmadd_ps(k[i], _mm512_set1_ps(0.693359375f), x[i]);
+    x[i] = _mm512_fmadd_ps(k[i], _mm512_set1_ps(2.12194440e-4f), x[i]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) p[i] = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), x[i], _mm512_set1_ps(1.3981999507e-3f));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) p[i] = _mm512_fmadd_ps(p[i], x[i], _mm512_set1_ps(8.3334519073e-3f));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) p[i] = _mm512_fmadd_ps(p[i], x[i], _mm512_set1_ps(4.1665795894e-2f));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) p[i] = _mm512_fmadd_ps(p[i], x[i], _mm512_set1_ps(1.6666665459e-1f));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) p[i] = _mm512_fmadd_ps(p[i], x[i], _mm512_set1_ps(5.0000001201e-1f));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i)
+    p[i] = _mm512_fmadd_ps(p[i], _mm512_mul_ps(x[i], x[i]), _mm512_add_ps(x[i], _mm512_set1_ps(1.0f)));
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) x[i] = _mm512_scalef_ps(p[i], k[i]);  // p * 2^k
 }
 
-// 1 / d for d >= 1: the 14-bit estimate and one Newton step (relative error ~1e-7), instead of a division
-// (512-bit divisions issue one per ~16 cycles: at B = 64 that is ~10% of a step).
-AVX512_INLINE __m512 recip512(__m512 d) {
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+// 1 / (1 + x) for x >= 0: the 14-bit estimate and one Newton step (relative error ~1e-7), instead of a
+// division (512-bit divisions issue one per ~16 cycles: at B = 64 that is ~10% of a step).
+template <int N>
+AVX512_INLINE void recip_one_plus_n(__m512* x) {
+  __m512 r[N];
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    x[i] = _mm512_add_ps(x[i], _mm512_set1_ps(1.0f));
+    r[i] = _mm512_rcp14_ps(x[i]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) x[i] = _mm512_mul_ps(r[i], _mm512_fnmadd_ps(x[i], r[i], _mm512_set1_ps(2.0f)));
 }
 
-AVX512_INLINE __m512 sigmoid512(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return recip512(_mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+template <int N>
+AVX512_INLINE void sigmoid_n(__m512* x) {  // 1 / (1 + exp(-x))
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) x[i] = _mm512_sub_ps(_mm512_setzero_ps(), x[i]);
+  exp_n<N>(x);
+  recip_one_plus_n<N>(x);
 }
 
-AVX512_INLINE __m512 tanh512(__m512 x) {  // 1 - 2 / (exp(2x) + 1)
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 e = exp512(_mm512_add_ps(x, x));
-  return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip512(_mm512_add_ps(e, one)), one);
+template <int N>
+AVX512_INLINE void tanh_n(__m512* x) {  // 1 - 2 / (exp(2x) + 1)
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) x[i] = _mm512_add_ps(x[i], x[i]);
+  exp_n<N>(x);
+  recip_one_plus_n<N>(x);
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) x[i] = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), x[i], _mm512_set1_ps(1.0f));
 }
 
 // Rows [b0, b0 + BT) of block jb at step t. KU independent accumulator sets over k (summed at the end) keep
@@ -122,6 +157,19 @@ AVX512_FN void tile_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0) 
   for (int u = 0; u < KU; ++u)
     for (int b = 0; b < BT; ++b)
       for (int g = 0; g < 3; ++g) acc[u][b][g] = _mm512_setzero_ps();
+  // The gates read this tile's gi (computed for all steps before the loop, so in L3 or memory by now) and
+  // write out[t]: fetch those lines now, while the product runs, not after it (stalls of ~100 ns each).
+  const int64_t j0 = jb * kBlock;
+  for (int b = 0; b < BT; ++b) {
+    const float* g = P.gi + (t * P.B + b0 + b) * 3 * H + j0;
+    for (int q = 0; q < 3; ++q) {
+      _mm_prefetch(reinterpret_cast<const char*>(g + q * H), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(g + q * H + kBlock - 1), _MM_HINT_T0);  // H % 16 != 0
+    }
+    float* o = P.out + (t * P.B + b0 + b) * H + j0;
+    __builtin_prefetch(o, 1, 3);
+    __builtin_prefetch(o + kBlock - 1, 1, 3);
+  }
   const int64_t pf = P.prefetch * kPanel;
   int64_t k = 0;
   for (; k + KU <= H; k += KU) {
@@ -155,22 +203,26 @@ AVX512_FN void tile_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0) 
     for (int b = 0; b < BT; ++b)
       for (int g = 0; g < 3; ++g) acc[0][b][g] = _mm512_add_ps(acc[0][b][g], acc[u][b][g]);
 
-  const int64_t j0 = jb * kBlock;
   const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(kBlock, H - j0)) - 1u);
   const __m512 bn = _mm512_loadu_ps(P.bhn + j0);
+  const float* gi = P.gi + (t * P.B + b0) * 3 * H + j0;  // row b's gates at gi + b * 3H + {0, H, 2H}
+  __m512 rz[2 * BT], n[BT];  // r for every row, then z for every row
+#pragma GCC unroll 16
+  for (int b = 0; b < BT; ++b) {
+    rz[b] = _mm512_add_ps(acc[0][b][0], _mm512_maskz_loadu_ps(m, gi + b * 3 * H));
+    rz[BT + b] = _mm512_add_ps(acc[0][b][1], _mm512_maskz_loadu_ps(m, gi + b * 3 * H + H));
+  }
+  sigmoid_n<2 * BT>(rz);
+#pragma GCC unroll 16
+  for (int b = 0; b < BT; ++b)
+    n[b] = _mm512_fmadd_ps(rz[b], _mm512_add_ps(acc[0][b][2], bn), _mm512_maskz_loadu_ps(m, gi + b * 3 * H + 2 * H));
+  tanh_n<BT>(n);
+#pragma GCC unroll 16
   for (int b = 0; b < BT; ++b) {
     const int64_t row = b0 + b;
-    float* o = P.out + (t * P.B + row) * H + j0;
-    if (P.padded(t, row)) {
-      _mm512_mask_storeu_ps(o, m, _mm512_setzero_ps());
-      continue;
-    }
-    const float* g = P.gi + (t * P.B + row) * 3 * H + j0;
-    const __m512 r = sigmoid512(_mm512_add_ps(acc[0][b][0], _mm512_maskz_loadu_ps(m, g)));
-    const __m512 z = sigmoid512(_mm512_add_ps(acc[0][b][1], _mm512_maskz_loadu_ps(m, g + H)));
-    const __m512 n = tanh512(_mm512_fmadd_ps(r, _mm512_add_ps(acc[0][b][2], bn), _mm512_maskz_loadu_ps(m, g + 2 * H)));
     const __m512 h = _mm512_maskz_loadu_ps(m, hp + b * H + j0);
-    _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(z, _mm512_sub_ps(h, n), n));
+    const __m512 next = P.padded(t, row) ? _mm512_setzero_ps() : _mm512_fmadd_ps(rz[BT + b], _mm512_sub_ps(h, n[b]), n[b]);
+    _mm512_mask_storeu_ps(P.out + (t * P.B + row) * H + j0, m, next);
   }
 }
 
