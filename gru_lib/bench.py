@@ -15,8 +15,8 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   rounds. An exact GRU cannot beat fraction 1 without faster matrix products;
 - ``frac_of_onednn``: the same over the rate of those products through oneDNN (the backend ``oneDNN``,
   CPU only: PyTorch's ``mkldnn::_linear_pointwise``, the fixed weights packed once, as FastGRU does). On
-  x86 ``torch.mm`` calls MKL; on the AMD machine that built the book oneDNN (AVX-512) multiplies about twice
-  as fast, so ``frac_of_mm`` above 1 means "faster products than torch.mm's";
+  x86 ``torch.mm`` calls MKL, and which of the two is faster depends on the processor, so ``frac_of_mm`` above
+  1 means "faster products than torch.mm's";
 - ``peak_mb`` (``--memory``): the peak resident memory one call adds, in a fresh subprocess: after a warm-up
   call (and after the C++ kernels unmap the buffers they keep for reuse) the kernel's high-water mark is
   reset (``/proc/self/clear_refs``, Linux), the call runs, and the increase of ``VmHWM`` over the resident
@@ -78,10 +78,23 @@ MM = "torch.mm"
 ONEDNN = "oneDNN"
 REFERENCES: tuple[str, ...] = (MM, ONEDNN)
 MODES: tuple[str, ...] = ("fwd", "fwd+bwd")
-# The issue's reference point, the centre of every sweep.
+# The reference shape (B, T, D, H), the centre of every sweep.
 BASE = (64, 64, 128, 256)
 QUICK = {"steps": [16, 64, 256], "batch": [16, 64], "hidden": [128, 256]}
 FULL = {"steps": [16, 64, 256, 1024, 4096], "batch": [1, 16, 64, 256], "hidden": [64, 128, 256, 512, 1024]}
+
+
+NOISE = 0.05  # timings of the same code vary by a few percent between interleaved rounds
+
+
+def speed_verdict(ratio: float, noise: float = NOISE) -> str:
+    """``'faster than'``, ``'slower than'`` or ``'about as fast as'`` from a speed ratio (above 1: faster);
+    ratios within ``1 ± noise`` are ``'about as fast as'``, so a 1% difference is never called a gain."""
+    if ratio > 1 + noise:
+        return "faster than"
+    if ratio < 1 - noise:
+        return "slower than"
+    return "about as fast as"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ Two implementations of that contract, with the same arguments and results:
 
 - ``gru_lib/csrc/fast_gru.cpp``, a C++ extension built on first use (:mod:`gru_lib.native`) for CPU tensors:
   the time loop and the fused, vectorised gate arithmetic in C++, the matrix products through PyTorch's oneDNN
-  operators (``W_hh`` packed once per call; on this AMD CPU about twice MKL's rate), or through ATen for
+  operators (``W_hh`` packed once per call; faster or slower than MKL depending on the processor, see Appendix
+  A1), or through ATen for
   float64, without oneDNN, or with ``torch.backends.mkldnn.enabled = False``; its large buffers come from a
   reuse pool (``csrc/buffers.h``);
 - :data:`_TORCH_IMPL`, the same algorithm in PyTorch operations: used on other devices (CUDA), where no

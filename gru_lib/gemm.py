@@ -1,9 +1,10 @@
-"""Chapter 6's finding about matrix products, for the layers written in Python (minGRU's projection).
+"""oneDNN's matrix products for the layers written in Python (minGRU's projection); Appendix A1 compares them.
 
 ``torch.mm`` and ``F.linear`` on x86 CPUs call MKL. oneDNN, which PyTorch also ships (``torch.ops.mkldnn``),
-reports AVX-512 code on this 2-core AMD EPYC (``ONEDNN_VERBOSE=1``) and multiplies about twice as fast as MKL
-there (``python -m gru_lib bench`` measures both on the GRU's own products; MKL does not report its code path,
-but half the rate is what 256-bit kernels would give).
+is a second library with its own kernels (``ONEDNN_VERBOSE=1`` names the instruction set it picked). Which one
+multiplies faster depends on the processor: on one AMD EPYC with AVX-512 oneDNN ran about twice MKL's rate, on
+an Intel Xeon with AMX MKL was faster in fp32 (``python -m gru_lib bench`` measures both on the GRU's own
+products; Appendix A1 does it in the book).
 :func:`linear` is ``F.linear`` computed through oneDNN where that applies, with a hand-written backward:
 
     y = x W^T + b            mkldnn::_linear_pointwise(x, W, b)

@@ -85,3 +85,12 @@ def test_peak_memory_probe_measures_a_call() -> None:
     assert set(peaks) == set(MODES)
     # Forward + backward holds the saved gates and their gradients (T*B*4H floats each, 2 MB here) at once.
     assert peaks["fwd+bwd"] > peaks["fwd"] >= 0 and peaks["fwd+bwd"] > 3.5, peaks
+
+
+@pytest.mark.parametrize("ratio, expected", [(1.2, "faster than"), (1.04, "about as fast as"),
+                                             (0.96, "about as fast as"), (0.8, "slower than")])
+def test_speed_verdict_calls_small_differences_a_tie(ratio: float, expected: str) -> None:
+    from gru_lib.bench import speed_verdict
+
+    assert speed_verdict(ratio) == expected
+    assert speed_verdict(1.04, noise=0.01) == "faster than"
