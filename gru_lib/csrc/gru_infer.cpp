@@ -1,4 +1,4 @@
-// Inference-only GRU forward for small batches on the CPU (gru_lib.inference), float32, no autograd.
+// Inference-only GRU forward on the CPU (gru_lib.inference), float32, no autograd.
 //
 // One direction of one layer, time-major, PyTorch's "reset-after" GRU with weights stacked r|z|n:
 //   gi = x W_ih^T + b_ih + [b_hr, b_hz, 0]      all T steps in one at::addmm, before the loop
@@ -14,12 +14,15 @@
 // Threads: one persistent OpenMP region per call. "cols" mode splits the NB blocks across threads; every step
 // needs the whole previous state, so the threads meet at one barrier per step. "rows" mode splits the batch
 // rows (independent sequences) across threads: no synchronisation at all, each thread reads all of W_hh per
-// step. gru_lib.inference chooses by batch size.
+// step. gru_lib.inference chooses by rows per thread. The barrier is SpinBarrier (one shared counter, ~0.3 us
+// per step on two cores here against ~0.4 us for OpenMP's), which yields the core after 20 us of spinning.
+// gi and out[t] come from buffers.h's pool (no page faults on repeated calls).
 //
 // Vector code: AVX-512 intrinsics in functions compiled with __attribute__((target)) and chosen at run time
 // (__builtin_cpu_supports), so the build keeps native.py's portable flags (no -march); elsewhere a portable
 // loop (GRU_CLONES: AVX2 / baseline) computes the same thing. exp follows fast_math.h's exp_f (Cephes
-// polynomial, relative error ~2e-7), so results match nn.GRU to float32 rounding (tests: 1e-5).
+// polynomial, relative error ~2e-7) and 1 / d is rcp14 plus one Newton step, so results match nn.GRU to
+// float32 rounding (tests: 1e-5; measured max |diff| ~3e-7).
 //
 // Variable lengths: row b is valid at step t iff t < lengths[b]; padded outputs are 0 and h_n is the state
 // after each row's last valid step (h0 for length 0). A padded row's state is never read as a valid state
