@@ -51,7 +51,7 @@ from gru_lib.prepare import build_classifier, build_vocab, encode_examples, spli
 from gru_lib.repro import seed_everything
 from gru_lib.text import BucketBatchSampler, EncodedDataset, Vocab, collate_padded
 from gru_lib.train_state import (TrainState, check_optimizer_state, check_resume_config, check_rows_fingerprint,
-                                 every_rank_rng, rows_fingerprint)
+                                 every_rank_rng, every_rank_totals, rows_fingerprint)
 
 __all__ = [
     "TrainConfig",
@@ -211,11 +211,11 @@ class TrainingRun:
             raise NonFiniteLossError(
                 f"non-finite weights ({bad[0]}) after step {self.state.step}: training diverged and stopped; "
                 f"{self.kept()} (try a lower --lr or --max-grad-norm)")
-        rng = every_rank_rng(self.ctx)
+        rng, running = every_rank_rng(self.ctx), every_rank_totals(self.ctx, self.state.totals)
         if not self.ctx.is_main:
             return
         training = self.state.to_checkpoint(
-            rng, steps_per_epoch=len(self.sampler), world_size=self.ctx.world_size, complete=complete,
+            rng, running, steps_per_epoch=len(self.sampler), world_size=self.ctx.world_size, complete=complete,
             rows_fingerprint=self.rows,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict())

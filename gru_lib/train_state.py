@@ -26,7 +26,7 @@ from gru_lib.errors import CheckpointError
 from gru_lib.text import EncodedDataset
 
 __all__ = ["EpochTotals", "TrainState", "check_resume_config", "check_optimizer_state", "every_rank_rng",
-           "gather_rows", "rows_fingerprint", "check_rows_fingerprint"]
+           "every_rank_totals", "gather_rows", "rows_fingerprint", "check_rows_fingerprint"]
 
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_batch_size"})
@@ -56,19 +56,24 @@ class TrainState:
     def next_epoch(self) -> None:
         self.epoch, self.batch_in_epoch, self.totals = self.epoch + 1, 0, EpochTotals()
 
-    def to_checkpoint(self, rng: list[dict[str, Any]], **states: Any) -> dict[str, Any]:
-        """The checkpoint's ``training`` entry: this state, the random states of every rank (``rng``) and the
-        other ``states`` (optimizer, scheduler, scaler, steps_per_epoch, world_size, complete)."""
+    def to_checkpoint(self, rng: list[dict[str, Any]], running: list[dict[str, Any]], **states: Any
+                      ) -> dict[str, Any]:
+        """The checkpoint's ``training`` entry: this state, the random states and running sums of every rank
+        (``rng``, ``running``: one entry per rank) and the other ``states`` (optimizer, scheduler, scaler,
+        steps_per_epoch, world_size, complete)."""
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "history": self.history, "running": asdict(self.totals), "rng": rng, **states}
+                "history": self.history, "running": running, "rng": rng, **states}
 
     @classmethod
     def from_checkpoint(cls, training: dict[str, Any], ctx: DistContext, path: Path) -> TrainState:
         """The state a checkpoint's ``training`` entry holds; restores this rank's random states. A bad entry
         raises :class:`CheckpointError` naming ``path``."""
         try:
+            running = training["running"]  # one entry per rank (a single dict in older checkpoints)
+            if isinstance(running, list):
+                running = running[ctx.rank] if len(running) == ctx.world_size else running[0]
             state = cls(int(training["epoch"]), int(training["batch_in_epoch"]), int(training["step"]),
-                        list(training["history"]), EpochTotals(**training["running"]))
+                        list(training["history"]), EpochTotals(**running))
             if min(state.epoch, state.batch_in_epoch, state.step) < 0:
                 raise ValueError(f"negative position: epoch {state.epoch}, batch {state.batch_in_epoch}, "
                                  f"step {state.step}")
@@ -87,6 +92,17 @@ def gather_rows(ctx: DistContext, tensor: Tensor) -> list[Tensor]:
     buffer[ctx.rank] = tensor.to(torch.int64).cpu()
     ctx.all_reduce_sum(buffer)
     return [row.to(tensor.dtype) for row in buffer]
+
+
+def every_rank_totals(ctx: DistContext, totals: EpochTotals) -> list[dict[str, Any]]:
+    """Every rank's running sums of the current epoch, in rank order (every rank must call it): a resumed
+    rank continues its own sums, so the epoch's training loss and accuracy equal an uninterrupted run's."""
+    if ctx.world_size == 1:
+        return [asdict(totals)]
+    buffer = torch.zeros(ctx.world_size, 4, dtype=torch.float64)  # x + 0.0 is exact: the sums arrive unchanged
+    buffer[ctx.rank] = torch.tensor([totals.loss, totals.correct, totals.count, totals.seconds], dtype=torch.float64)
+    ctx.all_reduce_sum(buffer)
+    return [asdict(EpochTotals(float(row[0]), int(row[1]), int(row[2]), float(row[3]))) for row in buffer]
 
 
 def every_rank_rng(ctx: DistContext) -> list[dict[str, Any]]:

@@ -246,9 +246,6 @@ def test_killed_worker_is_restarted_and_resumes_to_the_same_weights(
 @pytest.mark.subprocess
 @pytest.mark.slow
 @_needs_proc
-@pytest.mark.xfail(strict=True, reason="a checkpoint stores rank 0's running epoch totals only, and every rank "
-                   "resumes with them (train_state.TrainState.to_checkpoint): after a mid-epoch resume, the "
-                   "epoch's training loss and accuracy count rank 0's first steps twice and rank 1's not at all")
 def test_training_metrics_of_the_interrupted_epoch_survive_the_restart(
     restarted: tuple[Path, str, int], one_node: Path
 ) -> None:
