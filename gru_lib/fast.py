@@ -25,6 +25,10 @@ Two implementations of that contract, with the same arguments and results:
 - :data:`_TORCH_IMPL`, the same algorithm in PyTorch operations: used on other devices (CUDA), where no
   compiler is available, or when the environment sets ``GRU_LIB_NO_EXTENSION=1``.
 
+Without gradients (under ``torch.no_grad`` or ``inference_mode``, or with nothing that requires grad), float32
+on the CPU takes a third path, :mod:`gru_lib.inference`: the whole loop in one C++ call with its own product
+``h W_hh^T`` fused with the gates (Appendix A1 times it against ONNX Runtime and OpenVINO).
+
 Under autocast (``torch.autocast``, bf16 or fp16) the matrix products run in the autocast dtype while the
 gate arithmetic, states and gradients stay in the parameters' dtype, as autocast does for ``F.linear``.
 The C++ loop computes in float32 and float64; float16 and bfloat16 parameters take the PyTorch implementation.
@@ -45,7 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from gru_lib import native
+from gru_lib import inference, native
 from gru_lib.layer import GRU, _valid_mask
 from gru_lib.lengths import reverse_within_lengths_index
 
@@ -355,7 +359,10 @@ def fast_gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tens
                   bias_ih: Tensor | None, bias_hh: Tensor | None, reverse: bool = False) -> tuple[Tensor, Tensor]:
     """:meth:`gru_lib.layer.GRU._scan_direction`'s contract, fast: x (T, B, D) time-major padded, h0 (B, H),
     lengths (B,) int64 on the CPU or None; returns output (T, B, H) (zero at t >= lengths[b]) and h_n (B, H),
-    the state after each sequence's last valid step (for ``reverse``: after its step 0)."""
+    the state after each sequence's last valid step (for ``reverse``: after its step 0). Where no gradient
+    can be asked for (float32 on the CPU), :func:`gru_lib.inference.gru_infer_scan` computes it instead."""
+    if inference.unsupported_reason(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths) is None:
+        return inference.gru_infer_scan(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=reverse)
     steps = x.size(0)
     if lengths is not None and bool((lengths >= steps).all()):
         lengths = None  # nothing is padded: skip the masks

@@ -134,7 +134,7 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
                        b_hh: Tensor | None, lengths: Tensor | None = None) -> str | None:
     """``None`` when :func:`gru_infer_scan` runs these arguments and is the faster path, else why not: the
     extension is not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode
-    on and an input requires grad), autocast is on for the CPU, or the CPU has no AVX-512 and the batch
+    on and an input requires grad), a torch.func transform wraps an input, autocast is on for the CPU, or the CPU has no AVX-512 and the batch
     is larger than :data:`PORTABLE_MAX_BATCH`."""
     if extension() is None:
         return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'disabled'})"
@@ -144,6 +144,10 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
             return f"{name} is {t.dtype} on {t.device}; gru_infer_scan takes float32 CPU tensors"
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in named.values()):
         return "a gradient could be needed (grad mode on and an input requires grad)"
+    functorch = torch._C._functorch
+    if any(t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
+           for t in named.values()):
+        return "a torch.func transform (vmap, grad, jvp) wraps an input"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is enabled for the CPU"
     if x.dim() == 3 and x.size(1) > PORTABLE_MAX_BATCH and not has_avx512_kernel():
