@@ -154,17 +154,20 @@ class _FirstOutput(nn.Module):
 def export_gru_layer(layer: nn.GRU, out: str | Path, *, opset: int = OPSET) -> Path:
     """Write a GRU layer (``nn.GRU``, or a subclass such as :class:`gru_lib.GRU` and
     :class:`gru_lib.fast.FastGRU` that exports as one) as ONNX: input ``x`` laid out as the layer's ((T, B, D),
-    or (B, T, D) when batch first), output ``y``, its output sequence; T and B dynamic. Returns the path."""
-    steps, batch = torch.export.Dim("steps", min=1), torch.export.Dim("batch", min=1)
-    axes = {0: batch, 1: steps} if layer.batch_first else {0: steps, 1: batch}
+    or (B, T, D) when batch first), output ``y``, its output sequence; T and B dynamic. Returns the path.
+
+    Through the TorchScript exporter (``dynamo=False``): it records ``aten::gru`` as one ONNX ``GRU`` node per
+    layer that runs at any T and B. The dynamo exporter (torch 2.13) fixed a time-major layer's T and B to the
+    example's in a Reshape after the node."""
+    names = ("batch", "steps") if layer.batch_first else ("steps", "batch")
     shape = (3, 5, layer.input_size) if layer.batch_first else (5, 3, layer.input_size)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    axes = dict(enumerate(names))
     out = Path(out)
     with _exporting():
-        program = torch.onnx.export(_FirstOutput(copy.deepcopy(layer).cpu().eval()), (x,), dynamo=True,
-                                    opset_version=opset, input_names=["x"], output_names=["y"],
-                                    dynamic_shapes={"x": axes})
-    program.save(str(out))
+        torch.onnx.export(_FirstOutput(copy.deepcopy(layer).cpu().eval()), (x,), str(out), dynamo=False,
+                          opset_version=opset, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": axes, "y": axes})
     return out
 
 

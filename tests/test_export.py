@@ -110,8 +110,9 @@ def test_a_backend_without_gru_weights_is_refused() -> None:
         PaddedClassifier(NewsClassifier(20, embed_dim=4, hidden_size=3, backend="mingru"))
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("layer_class", ["gru_lib.GRU", "FastGRU"])
-def test_a_bare_gru_layer_exports(layer_class: str, tmp_path: Path) -> None:
+def test_a_bare_gru_layer_exports(layer_class: str, batch_first: bool, tmp_path: Path) -> None:
     """gru_lib's GRU layers are nn.GRU subclasses that export as ONNX GRU nodes with their own weights."""
     from gru_lib.fast import FastGRU
     from gru_lib.layer import GRU
@@ -120,10 +121,10 @@ def test_a_bare_gru_layer_exports(layer_class: str, tmp_path: Path) -> None:
     if not issubclass(cls, nn.GRU):
         pytest.skip(f"{layer_class} is not an nn.GRU subclass in this version")
     torch.manual_seed(0)
-    layer = cls(4, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    layer = cls(4, 6, num_layers=2, bidirectional=True, batch_first=batch_first).eval()
     path = export_gru_layer(layer, tmp_path / "layer.onnx")
     assert "GRU" in {node.op_type for node in onnx.load(str(path)).graph.node}
-    x = torch.randn(2, 9, 4)  # other B and T than the export's example
+    x = torch.randn(2, 9, 4) if batch_first else torch.randn(9, 2, 4)  # other B and T than the example's
     (y,) = ort_session(path).run(None, {"x": x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(y), layer(x)[0], atol=1e-5, rtol=0)
