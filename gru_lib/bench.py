@@ -24,8 +24,9 @@ between rounds (interleaved, so that a burst of load on a shared machine hits al
   so that every large buffer is mapped and unmapped (none hides in the heap between calls). This counts tensors, workspaces and allocator overhead
   alike.
 
-Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6), ``FastGRU-aten`` (the same
-with ``torch.backends.mkldnn`` disabled, so its products go through ATen/MKL: what oneDNN adds),
+Backends: ``nn.GRU``, ``gru_lib.GRU`` (chapter 3), ``FastGRU`` (chapter 6; without gradients its forward is
+:mod:`gru_lib.inference`'s kernel), ``FastGRU-aten`` (FastGRU's training loop with ``torch.backends.mkldnn``
+disabled and the gradient-free kernel off, so its products go through ATen/MKL: what oneDNN adds),
 ``FastGRU-bf16`` (under ``torch.autocast(dtype=torch.bfloat16)``), ``MinGRU-parallel`` and
 ``MinGRU-sequential`` (chapter 7), and the references ``torch.mm`` and ``oneDNN``.
 """
@@ -47,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gru_lib import memory, native
+from gru_lib import inference, memory, native
 from gru_lib.errors import GruLibError
 from gru_lib.memory import peak_rss_mb
 from gru_lib.gemm import onednn_available, onednn_linear
@@ -229,7 +230,9 @@ def _call(runner: _Runner, x: Tensor, mode: str) -> None:
     autocast = (
         torch.autocast(x.device.type, dtype=runner.autocast) if runner.autocast else contextlib.nullcontext()
     )
-    with mkldnn_enabled(runner.onednn):
+    # "-aten": FastGRU's own loop with ATen's products, so without the gradient-free kernel's product too
+    loop_only = contextlib.nullcontext() if runner.onednn else inference.disabled()
+    with mkldnn_enabled(runner.onednn), loop_only:
         if mode == "fwd":
             with torch.no_grad(), autocast:
                 runner.module(x)

@@ -23,9 +23,11 @@ barrier per step (:func:`choose_mode`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -35,7 +37,7 @@ from torch.nn import functional as F
 from gru_lib import native
 from gru_lib.lengths import reverse_within_lengths
 
-__all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
+__all__ = ["gru_infer_scan", "unsupported_reason", "disabled", "pack_weights", "packed_weights", "clear_cache",
            "choose_mode", "extension", "has_avx512_kernel", "ROWS_PER_THREAD", "PORTABLE_MAX_BATCH", "PREFETCH", "SPIN_BARRIER"]
 
 _STEM = "gru_infer"
@@ -50,6 +52,20 @@ SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenM
 # times slower at B = 16 and 64 (measured with that loop on an AVX-512 CPU), so it is offered up to here.
 PORTABLE_MAX_BATCH = 2
 _CACHE_SIZE = 16
+
+
+_DISABLED = [0]  # depth of nested disabled() blocks
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Inside the block :func:`unsupported_reason` declines, so :func:`gru_lib.fast.fast_gru_scan` runs its
+    training kernel's forward even without gradients (chapter 6's ladder times that loop)."""
+    _DISABLED[0] += 1
+    try:
+        yield
+    finally:
+        _DISABLED[0] -= 1
 
 
 def extension() -> ModuleType | None:
@@ -136,6 +152,8 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: 
     extension is not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode
     on and an input requires grad), a torch.func transform wraps an input, autocast is on for the CPU, or the CPU has no AVX-512 and the batch
     is larger than :data:`PORTABLE_MAX_BATCH`."""
+    if _DISABLED[0]:
+        return "disabled by gru_lib.inference.disabled()"
     if extension() is None:
         return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'disabled'})"
     named = {"x": x, "h0": h0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}

@@ -284,3 +284,24 @@ def test_choose_mode() -> None:
     assert inference.choose_mode(7, 2) == "cols"
     assert inference.choose_mode(8, 2) == "rows"
     assert inference.choose_mode(16, 16) == "cols"
+
+
+def test_disabled_declines_and_nests() -> None:
+    """inference.disabled() makes fast_gru_scan keep its training loop's forward (chapter 6's ladder times it);
+    the answer is the same function either way."""
+    from gru_lib import inference
+    from gru_lib.fast import fast_gru_scan
+
+    torch.manual_seed(0)
+    x, h0 = torch.randn(5, 2, 3), torch.randn(2, 4)
+    w_ih, w_hh, b_ih, b_hh = torch.randn(12, 3), torch.randn(12, 4), torch.randn(12), torch.randn(12)
+    args = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    with inference.disabled():
+        with inference.disabled():
+            assert inference.unsupported_reason(*args) == "disabled by gru_lib.inference.disabled()"
+        assert inference.unsupported_reason(*args) is not None
+        loop = fast_gru_scan(x, h0, None, w_ih, w_hh, b_ih, b_hh)
+    if inference.unsupported_reason(*args) is None:
+        kernel = fast_gru_scan(x, h0, None, w_ih, w_hh, b_ih, b_hh)
+        for a, b in zip(loop, kernel):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
