@@ -1,7 +1,10 @@
 """Chapter 5's ablation study: what each part of the classifier contributes, over several seeds, against
 tuned linear baselines, all on the same rows.
 
-    GRU_LIB_DATA=/path/to/data python -m gru_lib.ablation --out notebooks/results/ablation.json
+    GRU_LIB_DATA=/path/to/data python -m gru_lib.ablation --out ablation.json
+
+The study chapter 5 shows ships with the library (:data:`STORED_STUDY`, read by :func:`load_study`), so the
+chapter runs wherever gru_lib is installed; ``load_study("ablation.json")`` reads a study you ran yourself.
 
 The training rows are split once (:func:`gru_lib.prepare.split_validation`, seed 0, ``--val-fraction``) into
 fit and validation rows, the same for every run. Each variant of :data:`VARIANTS` is trained on the fit rows
@@ -45,10 +48,11 @@ import torch
 from gru_lib.baseline import C_GRID, MODELS, NGRAMS, tune_linear
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
+from gru_lib.errors import GruLibError
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.prepare import encode_examples, split_validation
 
-__all__ = ["VARIANTS", "rows_sha256", "machine_info", "run_variant", "run_baselines", "run_study", "summarize",
+__all__ = ["VARIANTS", "STORED_STUDY", "load_study", "rows_sha256", "machine_info", "run_variant", "run_baselines", "run_study", "summarize",
            "write_study", "main"]
 
 #: name -> (model settings, what it is). ``default`` is the library's default model.
@@ -236,6 +240,22 @@ def run_study(data_dir: Path, *, seeds: Sequence[int], variants: Sequence[str], 
         if save is not None:
             save(_record(rows, machine, base, variants, seeds, runs, baselines, grid, started, False))
     return _record(rows, machine, base, variants, seeds, runs, baselines, grid, started, True)
+
+
+STORED_STUDY = Path(__file__).parent / "study" / "ablation.json"
+
+
+def load_study(path: str | Path | None = None) -> dict[str, Any]:
+    """A study's JSON (default: :data:`STORED_STUDY`, the one chapter 5 shows); a missing or malformed file
+    raises :class:`GruLibError` naming it."""
+    path = Path(path) if path is not None else STORED_STUDY
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GruLibError(f"{path}: cannot read the ablation study ({error})") from None
+    if not isinstance(study, dict) or not {"runs", "baselines", "rows"} <= study.keys():
+        raise GruLibError(f"{path}: not an ablation study (no runs, baselines and rows)")
+    return study
 
 
 def write_study(path: Path, study: dict[str, Any]) -> None:

@@ -155,3 +155,23 @@ def test_worker_processes_give_the_same_runs(data_dir: Path, tmp_path: Path, res
         assert study["complete"] and study["machine"]["jobs"] == int(jobs)
         results.append([(r["seed"], r["val_accuracy"], r["test_accuracy"]) for r in study["runs"]])
     assert results[0] == results[1]
+
+
+def test_the_stored_study_ships_with_the_library_and_is_complete() -> None:
+    from gru_lib.ablation import STORED_STUDY, VARIANTS, load_study
+
+    assert STORED_STUDY.is_relative_to(Path(__import__("gru_lib").__file__).parent)
+    study = load_study()
+    assert study["complete"] and {r["variant"] for r in study["runs"]} == set(VARIANTS)
+    assert len(study["baselines"]) == 4
+
+
+def test_load_study_names_a_bad_file(tmp_path: Path) -> None:
+    from gru_lib.ablation import load_study
+    from gru_lib.errors import GruLibError
+
+    with pytest.raises(GruLibError, match="missing.json: cannot read"):
+        load_study(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(GruLibError, match="other.json: not an ablation study"):
+        load_study(tmp_path / "other.json")
