@@ -146,30 +146,34 @@ def has_avx512_kernel() -> bool:
     return module is not None and bool(module.avx512())
 
 
-def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
-                       b_hh: Tensor | None, lengths: Tensor | None = None) -> str | None:
-    """``None`` when :func:`gru_infer_scan` runs these arguments and is the faster path, else why not: the
-    extension is not built, a tensor is not a float32 CPU tensor, a gradient could be asked for (grad mode
-    on and an input requires grad), a torch.func transform wraps an input, autocast is on for the CPU, or the CPU has no AVX-512 and the batch
-    is larger than :data:`PORTABLE_MAX_BATCH`."""
+def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                       b_ih: Tensor | None, b_hh: Tensor | None,
+                       lengths: Tensor | None = None) -> str | None:
+    """``None`` when :func:`gru_infer_scan` runs these arguments and is the faster
+    path, else why not: the extension is not built, a tensor is not a float32 CPU
+    tensor, a gradient could be asked for (grad mode on and an input requires grad),
+    a torch.func transform wraps an input, autocast is on for the CPU, or the CPU
+    has no AVX-512 and the batch is larger than :data:`PORTABLE_MAX_BATCH`."""
     if _DISABLED[0]:
         return "disabled by gru_lib.inference.disabled()"
     if extension() is None:
-        return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'disabled'})"
+        return f"gru_infer extension unavailable ({native.load_error(_STEM) or 'off'})"
     named = {"x": x, "h0": h0, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    tensors = [t for t in named.values() if t is not None]
     for name, t in named.items():
         if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
-            return f"{name} is {t.dtype} on {t.device}; gru_infer_scan takes float32 CPU tensors"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in named.values()):
+            return f"{name} is {t.dtype} on {t.device}; it takes float32 CPU tensors"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "a gradient could be needed (grad mode on and an input requires grad)"
     functorch = torch._C._functorch
-    if any(t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
-           for t in named.values()):
+    if any(functorch.is_functorch_wrapped_tensor(t)
+           or functorch.is_legacy_batchedtensor(t) for t in tensors):
         return "a torch.func transform (vmap, grad, jvp) wraps an input"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is enabled for the CPU"
     if x.dim() == 3 and x.size(1) > PORTABLE_MAX_BATCH and not has_avx512_kernel():
-        return f"no AVX-512 on this CPU and batch {x.size(1)} > {PORTABLE_MAX_BATCH} (the portable loop is slower)"
+        return (f"no AVX-512 on this CPU and batch {x.size(1)} > {PORTABLE_MAX_BATCH} "
+                "(the portable loop is slower)")
     return None
 
 
