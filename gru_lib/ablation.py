@@ -46,14 +46,15 @@ import numpy as np
 import torch
 
 from gru_lib.baseline import C_GRID, MODELS, NGRAMS, tune_linear
+from gru_lib.cli import OneLineParser, positive_int
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
 from gru_lib.errors import GruLibError
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.prepare import encode_examples, split_validation
 
-__all__ = ["VARIANTS", "STORED_STUDY", "load_study", "rows_sha256", "machine_info", "run_variant", "run_baselines", "run_study", "summarize",
-           "write_study", "main"]
+__all__ = ["VARIANTS", "STORED_STUDY", "load_study", "rows_sha256", "machine_info", "run_variant", "run_baselines",
+           "run_study", "summarize", "write_study", "main"]
 
 #: name -> (model settings, what it is). ``default`` is the library's default model.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
@@ -266,24 +267,10 @@ def write_study(path: Path, study: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes as one line on stderr (exit 2)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags of ``python -m gru_lib.ablation`` (sizes and epochs default to the library's defaults)."""
     defaults = TrainConfig()
-    parser = _OneLineParser(prog="python -m gru_lib.ablation", description=__doc__,
+    parser = OneLineParser(prog="python -m gru_lib.ablation", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -292,13 +279,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--threads", type=_positive, default=1, help="intra-op threads per training")
-    parser.add_argument("--jobs", type=_positive, default=1, help="trainings (and the baselines) run at once, "
+    parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per training")
+    parser.add_argument("--jobs", type=positive_int, default=1, help="trainings (and the baselines) run at once, "
                         "each in its own process")
-    parser.add_argument("--epochs", type=_positive, default=defaults.epochs)
-    parser.add_argument("--embed-dim", type=_positive, default=defaults.embed_dim)
-    parser.add_argument("--hidden-size", type=_positive, default=defaults.hidden_size)
-    parser.add_argument("--max-len", type=_positive, default=defaults.max_len)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim)
+    parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size)
+    parser.add_argument("--max-len", type=positive_int, default=defaults.max_len)
     parser.add_argument("--grid", type=float, nargs="+", default=list(C_GRID), help="values of C to try")
     args = parser.parse_args(argv)
     if not 0.0 < args.val_fraction < 1.0:

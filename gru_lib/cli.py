@@ -53,7 +53,7 @@ def config_flags() -> dict[str, tuple[str, dataclasses.Field, Any]]:
     return flags
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (thread counts, batch sizes, repeats)."""
     try:
         value = int(text)
@@ -81,7 +81,7 @@ def _device(text: str) -> str:
     return text
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes as one line on stderr (exit 2), like every other error of the command line."""
 
     def error(self, message: str) -> typing.NoReturn:
@@ -152,7 +152,7 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_config_flags(parser)
     parser.add_argument("--device", type=_device, default=None,
                         help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_train)
 
@@ -263,7 +263,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
     parser.add_argument("--split", default="test", choices=("train", "test"), help="which split (default: test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, help="texts per batch (default: 256)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="texts per batch (default: 256)")
     parser.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(func=_run_evaluate)
 
@@ -388,8 +388,8 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hidden", type=_int_list, help="override the swept hidden sizes")
     parser.add_argument("--backends", default=None, help="comma-separated (default: all; with --peers: "
                         f"{','.join(peers.PEERS)})")
-    parser.add_argument("--repeats", type=_positive_int, default=5, help="interleaved rounds; medians (default 5)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's); "
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; medians (default 5)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's); "
                         "with --peers every runtime's intra-op threads")
     parser.add_argument("--memory", choices=("none", "base", "all"), default=None,
                         help="peak-memory probes: none, the base shape only (default), every shape")
@@ -481,7 +481,7 @@ def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="check on the AG News test split in DIR (default: random token sequences)")
-    parser.add_argument("--check-rows", type=_positive_int, default=512, metavar="N",
+    parser.add_argument("--check-rows", type=positive_int, default=512, metavar="N",
                         help="how many texts the check compares (default: 512)")
     parser.set_defaults(func=_run_export)
 
@@ -569,7 +569,7 @@ def bench_classifier_args(argv: Sequence[str] | None = None, description: str | 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m gru_lib", description="The GRU book's library: train, evaluate, predict, bench."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
