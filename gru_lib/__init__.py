@@ -23,6 +23,7 @@
 - ``cli``: ``python -m gru_lib data | train | evaluate | predict | export | bench``, all argument parsing
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
 - ``inference``: FastGRU's gradient-free forward for the CPU, one C++ loop with its own product (appendix)
+- ``infer_bench``: that kernel's hardware bound (cache bandwidth, FMA peak) and its timings against the peers
 - ``bench``: timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
 - ``peers``: the same GRU in ONNX Runtime and OpenVINO, checked and timed beside ours (appendix)
 - ``export``: the classifier and GRU layers as ONNX, checked in ONNX Runtime (appendix)

@@ -1,8 +1,8 @@
 """Measurements for gru_lib.inference (csrc/gru_infer.cpp): the hardware bound of one step, and the kernel
 against nn.GRU, FastGRU and (when installed) ONNX Runtime and OpenVINO, in the same process.
 
-    python benchmarks/infer_bench.py bound                       # L2 read bandwidth, FMA peak, per-step bound
-    python benchmarks/infer_bench.py compare -B 1 -T 512 -n 1    # interleaved rounds, medians, ratios
+    python -m gru_lib.infer_bench bound                       # L2 read bandwidth, FMA peak, per-step bound
+    python -m gru_lib.infer_bench compare -B 1 -T 512 -n 1    # interleaved rounds, medians, ratios
 
 On a shared machine only the ratios of one run mean something: every method runs once per round, in the
 same order, and each row reports the median (and the minimum) over the rounds. ``--clock cpu`` times this
@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gru_lib import inference  # noqa: E402
-from gru_lib.fast import fast_gru_scan  # noqa: E402
+from gru_lib import inference
+from gru_lib.fast import fast_gru_scan
 
 # ---- The bound: one core's L2 read bandwidth and FMA peak, from a small C program ----
 

@@ -37,14 +37,15 @@ from torch.nn import functional as F
 from gru_lib import native
 from gru_lib.lengths import reverse_within_lengths
 
-__all__ = ["gru_infer_scan", "unsupported_reason", "disabled", "pack_weights", "packed_weights", "clear_cache",
-           "choose_mode", "extension", "has_avx512_kernel", "ROWS_PER_THREAD", "PORTABLE_MAX_BATCH", "PREFETCH", "SPIN_BARRIER"]
+__all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
+           "choose_mode", "extension", "has_avx512_kernel", "ROWS_PER_THREAD", "PORTABLE_MAX_BATCH",
+           "PREFETCH", "SPIN_BARRIER", "disabled"]
 
 _STEM = "gru_infer"
 BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32)
 # With at least this many rows per thread the threads split the batch rows (no barrier per step, every
 # thread reads all of W_hh, compute-bound); with fewer they split the hidden units (each reads its share of
-# W_hh, bandwidth-bound, one barrier per step). benchmarks/infer_bench.py measures both.
+# W_hh, bandwidth-bound, one barrier per step). ``python -m gru_lib.infer_bench`` measures both.
 ROWS_PER_THREAD = 4
 PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none; 2-16 measured no faster)
 SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
@@ -195,7 +196,8 @@ def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tens
     hidden = w_hh.size(1)
     if h0.shape != (batch, hidden) or w_ih.shape != (3 * hidden, inputs):
         raise ValueError(f"gru_infer_scan: shapes x {tuple(x.shape)}, h0 {tuple(h0.shape)}, "
-                         f"w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)} do not fit (T, B, D), (B, H), (3H, D), (3H, H)")
+                         f"w_ih {tuple(w_ih.shape)}, w_hh {tuple(w_hh.shape)} do not fit "
+                         "(T, B, D), (B, H), (3H, D), (3H, H)")
     if lengths is not None:
         if lengths.shape != (batch,):
             raise ValueError(f"gru_infer_scan: lengths must have shape ({batch},), got {tuple(lengths.shape)}")

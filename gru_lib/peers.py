@@ -40,8 +40,8 @@ from gru_lib.bench import Shape, time_interleaved
 
 __all__ = ["PEERS", "TOLERANCE", "ONNX_ORDER", "DEFAULT_FORWARD", "DEFAULT_BACKWARD", "reorder_gates",
            "onnx_gru_tensors", "onnx_gru_model", "ort_runner", "openvino_runner", "missing_peer_note",
-           "Peer", "make_peer", "check_peers", "bench_peer_shape", "bench_peers", "peer_versions",
-           "format_peer_table"]
+           "Peer", "make_peer", "openvino_layer_types", "check_peers", "bench_peer_shape", "bench_peers",
+           "peer_versions", "format_peer_table"]
 
 PEERS: tuple[str, ...] = ("nn.GRU", "FastGRU", "onnxruntime", "openvino")
 INFERENCE_ONLY: tuple[str, ...] = ("onnxruntime", "openvino")
@@ -145,6 +145,18 @@ def openvino_runner(model: Any, threads: int) -> Callable[[np.ndarray], np.ndarr
         return request.get_output_tensor(0).data
 
     return run
+
+
+def openvino_layer_types(gru: nn.GRU) -> list[str]:
+    """The layer types of OpenVINO's compiled model for ``gru``'s ONNX graph (f32), in execution order,
+    constants and outputs left out: what the CPU plugin made of the ``GRU`` node."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(onnx_gru_model(gru).SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    types = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    return [t for t in types if t not in ("Const", "Output")]
 
 
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}

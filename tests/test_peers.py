@@ -138,3 +138,12 @@ def test_bench_peers_misuse_is_one_line(argv: list[str], words: list[str], capsy
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert all(word in err for word in words), err
+
+
+def test_openvino_compiles_the_gru_node_into_one_sequence_layer() -> None:
+    pytest.importorskip("openvino")
+    from gru_lib.peers import openvino_layer_types
+
+    torch.manual_seed(0)
+    types = openvino_layer_types(nn.GRU(3, 4))
+    assert types.count("RNNSeq") == 1 and "Const" not in types
