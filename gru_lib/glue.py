@@ -19,7 +19,11 @@ __all__ = ["glue"]
 
 
 def glue(name: str, variable: Any, display: bool = True) -> None:
-    """Store ``variable`` under ``name`` for the prose (myst-nb), or show it when myst-nb is absent."""
+    """Store ``variable`` under ``name`` for the prose (myst-nb), or show it when myst-nb is absent. A NumPy
+    scalar is stored as the Python number it holds: NumPy 2 writes ``np.float64(0.25)`` as its text, which a
+    format such as ``{glue:text}`name:.2f``` cannot read."""
+    if type(variable).__module__ == "numpy" and hasattr(variable, "item") and getattr(variable, "ndim", 1) == 0:
+        variable = variable.item()
     if _myst_glue is not None:
         _myst_glue(name, variable, display=display)
         return

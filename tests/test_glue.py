@@ -65,3 +65,30 @@ def test_the_real_backend_is_myst_nb_in_the_development_environment() -> None:
     import myst_nb
 
     assert gru_lib.glue._myst_glue is myst_nb.glue
+
+
+def test_a_numpy_scalar_is_stored_as_its_python_number(monkeypatch) -> None:  # noqa: ANN001
+    import numpy as np
+
+    from gru_lib import glue as glue_module
+
+    stored = {}
+    monkeypatch.setattr(glue_module, "_myst_glue", lambda name, value, display: stored.update({name: value}))
+    glue_module.glue("x", np.float64(0.25), display=False)
+    glue_module.glue("n", np.int64(3), display=False)
+    assert stored == {"x": 0.25, "n": 3} and type(stored["x"]) is float and type(stored["n"]) is int
+
+
+def test_no_stored_glue_value_is_a_numpy_repr() -> None:
+    """The book formats glued numbers from their stored text: 'np.float64(...)' cannot be formatted."""
+    import json
+    from pathlib import Path
+
+    bad = []
+    for path in sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            for output in cell.get("outputs", []):
+                text = output.get("data", {}).get("application/papermill.record/text/plain", "")
+                if "np." in text:
+                    bad.append(f"{path.name}: {text[:60]}")
+    assert not bad, bad
