@@ -23,6 +23,8 @@
 - ``cli``: ``python -m gru_lib data | train | evaluate | predict | export | bench``, all argument parsing
 - ``fast``: FastGRU, nn.GRU's function with a C++ time loop and a hand-written backward (chapter 6)
 - ``inference``: FastGRU's gradient-free forward for the CPU, one C++ loop with its own product (appendix)
+- ``isa``: which instruction set the C++ kernels run (AVX-512, AVX2, portable), ``GRU_LIB_ISA`` (appendix)
+- ``native``: building and loading the C++ kernels of ``gru_lib/csrc`` (chapters 6 and 7)
 - ``infer_bench``: that kernel's hardware bound (cache bandwidth, FMA peak) and its timings against the peers
 - ``bench``: timings of every GRU backend against ``nn.GRU`` and ``torch.mm`` (chapter 6)
 - ``peers``: the same GRU in ONNX Runtime and OpenVINO, checked and timed beside ours (appendix)

@@ -50,6 +50,7 @@ from gru_lib.cli import OneLineParser, positive_int
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
 from gru_lib.errors import GruLibError
+from gru_lib.isa import processor_name
 from gru_lib.metrics import classification_report, confusion_matrix
 from gru_lib.prepare import encode_examples, split_validation
 
@@ -74,16 +75,6 @@ def rows_sha256(rows: Sequence[NewsExample]) -> str:
     return digest.hexdigest()
 
 
-def _processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -95,7 +86,7 @@ def _git_commit() -> str | None:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """Where the study ran: processor name, logical CPUs, torch and Python versions, threads, git commit."""
-    return {"processor": _processor(), "cpus": len(os.sched_getaffinity(0)),
+    return {"processor": processor_name(), "cpus": len(os.sched_getaffinity(0)),
             "torch": torch.__version__, "python": platform.python_version(), "threads": threads,
             "git_commit": _git_commit()}
 

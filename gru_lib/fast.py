@@ -22,8 +22,11 @@ Two implementations of that contract, with the same arguments and results:
   A1), or through ATen for
   float64, without oneDNN, or with ``torch.backends.mkldnn.enabled = False``; its large buffers come from a
   reuse pool (``csrc/buffers.h``);
-- :data:`_TORCH_IMPL`, the same algorithm in PyTorch operations: used on other devices (CUDA), where no
+- :data:`_TORCH_IMPL`, the same algorithm in PyTorch operations: used on other non-CUDA devices, where no
   compiler is available, or when the environment sets ``GRU_LIB_NO_EXTENSION=1``.
+
+On CUDA, ``FastGRU.forward`` is ``nn.GRU``'s own (:func:`runs_cudnn`): cuDNN's fused GRU kernel, which no
+per-step loop launched from Python comes near on a GPU.
 
 Without gradients (under ``torch.no_grad`` or ``inference_mode``, or with nothing that requires grad), float32
 on the CPU takes a third path, :mod:`gru_lib.inference`: the whole loop in one C++ call with its own product
@@ -48,12 +51,13 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 from gru_lib import inference, native
 from gru_lib.layer import GRU, _valid_mask
 from gru_lib.lengths import reverse_within_lengths_index
 
-__all__ = ["FastGRU", "fast_gru_scan", "extension", "extension_error", "backend_name"]
+__all__ = ["FastGRU", "fast_gru_scan", "extension", "extension_error", "backend_name", "runs_cudnn"]
 
 _STEM = "fast_gru"
 
@@ -391,6 +395,12 @@ def fast_gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tens
     return out, h_n
 
 
+def runs_cudnn(device: torch.device | str) -> bool:
+    """Whether :class:`FastGRU` hands its forward to ``nn.GRU.forward`` on this device: on CUDA, where that is
+    cuDNN's fused kernel (PyTorch's own CUDA loop when cuDNN is disabled)."""
+    return torch.device(device).type == "cuda"
+
+
 class FastGRU(GRU):
     """A drop-in for :class:`torch.nn.GRU` (same constructor, forward and ``state_dict``) whose time loop is
     :func:`fast_gru_scan`: the C++ extension on CPU, the PyTorch implementation of the same algorithm elsewhere.
@@ -400,3 +410,13 @@ class FastGRU(GRU):
     # GRU.forward calls _scan_direction(x, h0, lengths, weight_ih, weight_hh, bias_ih, bias_hh, reverse=...):
     # fast_gru_scan takes exactly these arguments.
     _scan_direction = staticmethod(fast_gru_scan)
+
+    def forward(  # type: ignore[override]
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """``nn.GRU``'s forward on CUDA (:func:`runs_cudnn`), the book's loop with :func:`fast_gru_scan`
+        elsewhere."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if runs_cudnn(data.device):
+            return torch.nn.GRU.forward(self, input, hx)
+        return super().forward(input, hx)

@@ -13,12 +13,13 @@ products; Appendix A1 does it in the book).
                              sum over row chunks of (x_c^T dy_c)^T, each x_c^T a small transposed copy
     db = sum of dy's rows
 
-It applies on CPU, for float32 and bfloat16, with ``torch.backends.mkldnn`` enabled and outside autocast;
+It applies on CPU, for float32 and bfloat16 (bfloat16 where oneDNN has a kernel for it on this CPU), with ``torch.backends.mkldnn`` enabled and outside autocast;
 everywhere else :func:`linear` is ``F.linear``. Results differ from MKL's by float rounding only.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["linear", "uses_onednn", "onednn_available", "onednn_linear"]
+__all__ = ["linear", "uses_onednn", "onednn_available", "onednn_linear", "onednn_bf16_works"]
 
 # Rows per chunk of the weight gradient: the transposed copy of one chunk of x stays in the L2 cache.
 _WEIGHT_GRAD_CHUNK = 1024
@@ -37,6 +38,20 @@ def onednn_available(device: torch.device | str = "cpu") -> bool:
     return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
 
 
+@functools.cache
+def onednn_bf16_works() -> bool:
+    """Whether oneDNN multiplies bfloat16 on this CPU. It has no bf16 kernel without AVX-512 (on most laptops,
+    or with ``ONEDNN_MAX_CPU_ISA`` set below it) and then refuses to create the product: asked once, 1 x 1."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    one = torch.ones(1, 1, dtype=torch.bfloat16)
+    try:
+        onednn_linear(one, one)
+    except RuntimeError:
+        return False
+    return True
+
+
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`linear` computes ``x W^T`` through oneDNN (the module docstring lists when)."""
     return (
@@ -45,6 +60,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
         and weight.dtype == x.dtype
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
+        and (x.dtype != torch.bfloat16 or onednn_bf16_works())
     )
 
 

@@ -15,15 +15,23 @@ try:  # myst-nb is a build tool: the book needs it, a reader's notebook does not
 except ImportError:
     _myst_glue = None
 
-__all__ = ["glue"]
+__all__ = ["glue", "SIGNIFICANT_DIGITS"]
+
+# A glued float keeps this many significant digits: more than any format in the prose shows (at most four),
+# fewer than the digits in which processors disagree (another CPU sums in another order and changes the last
+# bits of a float64), so the stored value, which strict nbval compares, is the same on every CPU.
+SIGNIFICANT_DIGITS = 6
 
 
 def glue(name: str, variable: Any, display: bool = True) -> None:
     """Store ``variable`` under ``name`` for the prose (myst-nb), or show it when myst-nb is absent. A NumPy
     scalar is stored as the Python number it holds: NumPy 2 writes ``np.float64(0.25)`` as its text, which a
-    format such as ``{glue:text}`name:.2f``` cannot read."""
+    format such as ``{glue:text}`name:.2f``` cannot read. A float is stored rounded to
+    :data:`SIGNIFICANT_DIGITS` significant digits."""
     if type(variable).__module__ == "numpy" and hasattr(variable, "item") and getattr(variable, "ndim", 1) == 0:
         variable = variable.item()
+    if isinstance(variable, float):
+        variable = float(f"{variable:.{SIGNIFICANT_DIGITS}g}")
     if _myst_glue is not None:
         _myst_glue(name, variable, display=display)
         return

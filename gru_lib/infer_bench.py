@@ -25,49 +25,58 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gru_lib import inference
+from gru_lib import inference, isa
 from gru_lib.fast import fast_gru_scan
 
 # ---- The bound: one core's L2 read bandwidth and FMA peak, from a small C program ----
 
+# GCC vector extensions of the register width of the kernel's path (gru_lib.isa): 16 floats on avx512, 8 on
+# avx2, 4 on the portable baseline (SSE2, NEON); no intrinsics, so it builds and runs on any CPU. CHAINS
+# independent FMA chains fill the pipelines without spilling registers (16 of 32 zmm; 10 of 16 ymm or xmm).
 _MICRO = r"""
-#include <immintrin.h>
 #include <time.h>
+typedef float v16 __attribute__((vector_size(4 * WIDTH)));
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+static float total(const v16* s, int n) {
+  v16 t = s[0]; for (int i = 1; i < n; ++i) t += s[i];
+  float sum = 0; for (int i = 0; i < WIDTH; ++i) sum += t[i];
+  return sum;
+}
 /* Bytes per second reading n floats (64-byte aligned) reps times, 8 independent accumulators. */
 double l2_read(const float* a, long n, long reps, float* sink) {
-  __m512 s[8]; for (int i = 0; i < 8; ++i) s[i] = _mm512_setzero_ps();
+  v16 s[8] = {0};
   double t0 = now();
   for (long r = 0; r < reps; ++r)
-    for (long i = 0; i + 128 <= n; i += 128)
+    for (long i = 0; i + 8 * WIDTH <= n; i += 8 * WIDTH)
 #pragma GCC unroll 8
-      for (int u = 0; u < 8; ++u) s[u] = _mm512_add_ps(s[u], _mm512_load_ps(a + i + 16 * u));
+      for (int u = 0; u < 8; ++u) s[u] += *(const v16*)(a + i + WIDTH * u);
   double dt = now() - t0;
-  __m512 tot = s[0]; for (int i = 1; i < 8; ++i) tot = _mm512_add_ps(tot, s[i]);
-  *sink = _mm512_reduce_add_ps(tot);
+  *sink = total(s, 8);
   return (double)n * 4 * reps / dt;
 }
-/* float32 FLOP per second of 512-bit FMAs, 16 independent chains. */
+/* float32 FLOP per second of fused multiply-adds, CHAINS independent chains of WIDTH floats. */
 double fma_peak(long iters, float* sink) {
-  __m512 s[16]; const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
-  for (int i = 0; i < 16; ++i) s[i] = _mm512_set1_ps((float)i);
+  v16 s[CHAINS]; const v16 a = (v16){0} + 0.999f, b = (v16){0} + 1e-3f;
+  for (int i = 0; i < CHAINS; ++i) s[i] = (v16){0} + (float)i;
   double t0 = now();
   for (long k = 0; k < iters; ++k)
 #pragma GCC unroll 16
-    for (int u = 0; u < 16; ++u) s[u] = _mm512_fmadd_ps(s[u], a, b);
+    for (int u = 0; u < CHAINS; ++u) s[u] = s[u] * a + b;
   double dt = now() - t0;
-  __m512 tot = s[0]; for (int i = 1; i < 16; ++i) tot = _mm512_add_ps(tot, s[i]);
-  *sink = _mm512_reduce_add_ps(tot);
-  return (double)iters * 16 * 16 * 2 / dt;
+  *sink = total(s, CHAINS);
+  return (double)iters * CHAINS * WIDTH * 2 / dt;
 }
 """
+_MICRO_FLAGS = {"avx512": ["-mavx512f", "-mfma", "-DWIDTH=16", "-DCHAINS=16"],
+                "avx2": ["-mavx2", "-mfma", "-DWIDTH=8", "-DCHAINS=10"], "portable": ["-DWIDTH=4", "-DCHAINS=10"]}
 
 
 def _micro() -> ctypes.CDLL:
     build = Path(tempfile.mkdtemp(prefix="infer_bench_"))
     (build / "micro.c").write_text(_MICRO)
-    subprocess.run(["gcc", "-O3", "-mavx512f", "-mfma", "-shared", "-fPIC", "-o", str(build / "micro.so"),
-                    str(build / "micro.c")], check=True)
+    flags = _MICRO_FLAGS[isa.selected()]
+    subprocess.run(["gcc", "-O3", "-ffp-contract=fast", *flags, "-shared", "-fPIC", "-o",
+                    str(build / "micro.so"), str(build / "micro.c")], check=True)
     lib = ctypes.CDLL(str(build / "micro.so"))
     lib.l2_read.restype = lib.fma_peak.restype = ctypes.c_double
     lib.l2_read.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
@@ -89,6 +98,7 @@ def bound(hidden: int, rounds: int) -> None:
     bw = max(lib.l2_read(buf.data_ptr(), n, 20, sink.data_ptr()) for _ in range(rounds))
     peak = max(lib.fma_peak(200_000, sink.data_ptr()) for _ in range(rounds))
     nbytes, flops = 4 * n, 2 * n
+    print(isa.describe())
     print(f"W_hh: {nbytes / 1e3:.0f} kB, {flops / 1e6:.3f} MFLOP per step at B=1 (H={hidden})")
     print(f"L2 read, one core: {bw / 1e9:.1f} GB/s   FMA peak, one core: {peak / 1e9:.1f} GFLOP/s")
     for threads in (1, 2):

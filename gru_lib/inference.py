@@ -7,8 +7,10 @@ One direction of one layer, time-major, PyTorch's "reset-after" GRU with weights
     per step t: r = sigmoid(GI_r[t] + h W_hr^T + b_hr)     z = sigmoid(GI_z[t] + h W_hz^T + b_hz)
                 n = tanh(GI_n[t] + r * (h W_hn^T + b_hn))   h' = n + z * (h - n)
 
-The per-step product ``h W_hh^T`` is a hand-written AVX-512 kernel (a portable loop elsewhere) fused with the
-gates, reading ``W_hh`` in the packed layout of :func:`pack_weights`, with the whole time loop in C++.
+The per-step product ``h W_hh^T`` is hand-written and fused with the gates, reading ``W_hh`` in the packed
+layout of :func:`pack_weights`, with the whole time loop in C++. It has three paths, one per instruction set
+(AVX-512, AVX2 + FMA, and portable code for any CPU); :mod:`gru_lib.isa` chooses the best the CPU runs, or
+the one ``GRU_LIB_ISA`` names.
 
 Use it only where no gradient is needed: :func:`unsupported_reason` says ``None`` when
 :func:`gru_infer_scan` applies, else why not (the caller then takes its usual path)::
@@ -34,24 +36,20 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from gru_lib import native
+from gru_lib import isa, native
 from gru_lib.lengths import reverse_within_lengths
 
 __all__ = ["gru_infer_scan", "unsupported_reason", "pack_weights", "packed_weights", "clear_cache",
-           "choose_mode", "extension", "has_avx512_kernel", "ROWS_PER_THREAD", "PORTABLE_MAX_BATCH",
-           "PREFETCH", "SPIN_BARRIER", "disabled"]
+           "choose_mode", "extension", "kernel_path", "ROWS_PER_THREAD", "PREFETCH", "SPIN_BARRIER", "disabled"]
 
 _STEM = "gru_infer"
-BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32)
+BLOCK = 16  # hidden units per block of the packed layout (one AVX-512 vector of float32, two AVX2 ones)
 # With at least this many rows per thread the threads split the batch rows (no barrier per step, every
 # thread reads all of W_hh, compute-bound); with fewer they split the hidden units (each reads its share of
 # W_hh, bandwidth-bound, one barrier per step). ``python -m gru_lib.infer_bench`` measures both.
 ROWS_PER_THREAD = 4
 PREFETCH = 0        # software prefetch distance of the weight stream, in k steps (0: none; 2-16 measured no faster)
 SPIN_BARRIER = True  # the kernel's own spin barrier between steps (False: OpenMP's barrier)
-# Without AVX-512 the kernel's portable loop streams W_hh once per row: faster than FastGRU at B = 1, 2-3
-# times slower at B = 16 and 64 (measured with that loop on an AVX-512 CPU), so it is offered up to here.
-PORTABLE_MAX_BATCH = 2
 _CACHE_SIZE = 16
 
 
@@ -141,10 +139,10 @@ def choose_mode(batch: int, threads: int | None = None) -> str:
     return "rows" if threads == 1 or batch >= ROWS_PER_THREAD * threads else "cols"
 
 
-def has_avx512_kernel() -> bool:
-    """Whether this CPU runs the kernel's AVX-512 code (else its portable loop)."""
-    module = extension()
-    return module is not None and bool(module.avx512())
+def kernel_path() -> str:
+    """The instruction set the kernel runs now (:func:`gru_lib.isa.selected`: ``avx512``, ``avx2`` or
+    ``portable``)."""
+    return isa.selected()
 
 
 def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -153,8 +151,7 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     """``None`` when :func:`gru_infer_scan` runs these arguments and is the faster
     path, else why not: the extension is not built, a tensor is not a float32 CPU
     tensor, a gradient could be asked for (grad mode on and an input requires grad),
-    a torch.func transform wraps an input, autocast is on for the CPU, or the CPU
-    has no AVX-512 and the batch is larger than :data:`PORTABLE_MAX_BATCH`."""
+    a torch.func transform wraps an input, or autocast is on for the CPU."""
     if _DISABLED[0]:
         return "disabled by gru_lib.inference.disabled()"
     if extension() is None:
@@ -172,9 +169,6 @@ def unsupported_reason(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
         return "a torch.func transform (vmap, grad, jvp) wraps an input"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is enabled for the CPU"
-    if x.dim() == 3 and x.size(1) > PORTABLE_MAX_BATCH and not has_avx512_kernel():
-        return (f"no AVX-512 on this CPU and batch {x.size(1)} > {PORTABLE_MAX_BATCH} "
-                "(the portable loop is slower)")
     return None
 
 
@@ -206,7 +200,7 @@ def gru_infer_scan(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tens
         x = x.flip(0) if lengths is None else reverse_within_lengths(x, lengths, time_major=True)
     with torch.no_grad():
         out, h_n = extension().forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, lengths,
-                                       mode or choose_mode(batch, threads), threads, True,
+                                       mode or choose_mode(batch, threads), threads, isa.level_index(),
                                        [PREFETCH if prefetch is None else prefetch,
                                         int(SPIN_BARRIER if spin is None else spin)])
     if reverse:

@@ -19,11 +19,14 @@ from types import ModuleType
 
 import torch
 
+from gru_lib import isa
+
 __all__ = ["load", "load_error", "disabled", "release_cached_buffers", "NO_EXTENSION_ENV"]
 
 CSRC = Path(__file__).with_name("csrc")
-# Portable flags only: the kernels choose AVX-512 / AVX2 / baseline code at run time (target_clones in
-# fast_math.h), so one build serves every x86-64 machine that shares the extensions cache. -fopenmp: at::parallel_for
+# Portable flags only: the kernels carry AVX-512, AVX2 and baseline code and run the one gru_lib.isa selects
+# (GRU_MULTIVERSION in fast_math.h, set_isa below), so one build serves every machine that shares the
+# extensions cache. -fopenmp: at::parallel_for
 # is inline OpenMP code in ATen's headers, so without it an extension's parallel loops run on one thread.
 CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
@@ -41,7 +44,9 @@ _BUILT = _Built()
 
 def load(stem: str) -> ModuleType | None:
     """The module compiled from ``csrc/<stem>.cpp`` (about a minute the first time; cached under a name keyed
-    on the sources, the flags and the torch version), or ``None`` (see the module docstring)."""
+    on the sources, the flags and the torch version), or ``None`` (see the module docstring). A module with a
+    ``set_isa`` binding is told :func:`gru_lib.isa.level_index` on every call (so ``GRU_LIB_ISA`` and
+    :func:`gru_lib.isa.forced` reach it; a value this CPU cannot run raises :class:`gru_lib.errors.GruLibError`)."""
     if os.environ.get(NO_EXTENSION_ENV, "") not in ("", "0"):
         return None
     if stem not in _BUILT.modules:
@@ -65,7 +70,10 @@ def load(stem: str) -> ModuleType | None:
         except Exception as error:  # no compiler, no headers, a failed build: the caller falls back
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             _BUILT.errors[stem] = f"{type(error).__name__}: {first_line}"
-    return _BUILT.modules[stem]
+    module = _BUILT.modules[stem]
+    if module is not None and hasattr(module, "set_isa"):
+        module.set_isa(isa.level_index())
+    return module
 
 
 def load_error(stem: str) -> str | None:

@@ -33,3 +33,15 @@ def restore_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["portable", "avx2", "avx512"])
+def level(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each instruction-set path of the C++ kernels (gru_lib.isa), forced for the test; a path this CPU cannot
+    run is skipped with the reason, so every machine tests every path it can run."""
+    from gru_lib import isa
+
+    if request.param not in isa.cpu_levels():
+        pytest.skip(f"this CPU has no {request.param} (it runs {', '.join(isa.cpu_levels())})")
+    with isa.forced(request.param):
+        yield request.param

@@ -121,6 +121,25 @@ def test_long_sequences_and_vector_tails(path: str, hidden: int, dtype: torch.dt
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_instruction_set_matches_nn_gru(level: str, dtype: torch.dtype) -> None:
+    """The C++ loop's gates, compiled for each instruction set (fast_math.h's GRU_MULTIVERSION), run the path
+    gru_lib.isa selects and compute nn.GRU's outputs and gradients; a width of 37 leaves a vector tail."""
+    from gru_lib import isa
+
+    module = fast.extension()
+    assert module is not None, fast.extension_error()
+    assert module.isa() == isa.level_index(level)
+    expected, actual = run_both(
+        dtype=dtype, layers=1, bidirectional=True, batch_first=False, with_h0=True, packed=True,
+        bias=True, input_size=11, hidden=37, steps=40, lengths=(40, 17, 3, 25),
+    )
+    for want, got in zip(expected, actual):
+        scale = max(1.0, want.abs().max().item())
+        tol = 1e-5 * scale if dtype == torch.float32 else 1e-11 * scale
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64(path: str, reverse: bool) -> None:
     gen = torch.Generator().manual_seed(0)
@@ -203,3 +222,43 @@ def test_both_paths_agree_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             outs.append(model(x)[0])
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_runs_nn_gru_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA FastGRU hands its forward to nn.GRU.forward (cuDNN); elsewhere it runs its own loop."""
+    assert fast.runs_cudnn("cuda") and fast.runs_cudnn(torch.device("cuda", 0))
+    assert not fast.runs_cudnn("cpu") and not fast.runs_cudnn("meta")
+    model = FastGRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    calls: list[str] = []
+    original = nn.GRU.forward
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.GRU, "forward", spy)
+    model(x)
+    assert calls == []  # the CPU runs the book's loop
+    monkeypatch.setattr(fast, "runs_cudnn", lambda device: True)  # as on a CUDA device
+    out, h_n = model(x)
+    assert calls == ["FastGRU"]
+    ref = nn.GRU(3, 4)
+    ref.load_state_dict(model.state_dict())
+    torch.testing.assert_close(out, ref(x)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_nn_gru() -> None:
+    """On a GPU, FastGRU's outputs and gradients are nn.GRU's (the same cuDNN call)."""
+    torch.manual_seed(0)
+    ref = nn.GRU(8, 16, 2, bidirectional=True).cuda()
+    model = FastGRU(8, 16, 2, bidirectional=True).cuda()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, 8, device="cuda")
+    outs = [m(x)[0] for m in (ref, model)]
+    torch.testing.assert_close(outs[1], outs[0])
+    for m, out in zip((ref, model), outs):
+        out.sum().backward()
+    for p_ref, p in zip(ref.parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad)

@@ -92,3 +92,15 @@ def test_no_stored_glue_value_is_a_numpy_repr() -> None:
                 if "np." in text:
                     bad.append(f"{path.name}: {text[:60]}")
     assert not bad, bad
+
+
+def test_floats_are_stored_at_six_significant_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CPUs that disagree in a float64's last bits store the same value (what strict nbval compares)."""
+    calls: list = []
+    module = _reload_with(monkeypatch, _recorder(calls))
+    module.glue("a", 0.14585248874808837)
+    module.glue("b", 0.14585248874808834)
+    module.glue("c", 123456789.0)
+    module.glue("n", 7)
+    assert [value for _, value, _ in calls] == [0.145852, 0.145852, 123457000.0, 7]
+    assert type(calls[-1][1]) is int

@@ -1,5 +1,5 @@
-"""gru_lib.inference computes nn.GRU's forward (within 1e-5) on every path of csrc/gru_infer.cpp: AVX-512 and
-portable code, "rows" and "cols" threading, one and two threads, both barriers, lengths, odd sizes,
+"""gru_lib.inference computes nn.GRU's forward (within 1e-5) on every path of csrc/gru_infer.cpp: AVX-512, AVX2
+and portable code (each that this CPU runs; the others skip, saying why), "rows" and "cols" threading, one and two threads, both barriers, lengths, odd sizes,
 non-contiguous inputs; its packed-weight cache follows in-place changes of the weight."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lib import inference, native
+from gru_lib import inference, isa, native
+from gru_lib.errors import GruLibError
 from gru_lib.inference import gru_infer_scan, packed_weights, unsupported_reason
 
 TOL = 1e-5
@@ -62,7 +63,7 @@ SHAPES = [  # (B, D, H, T)
 
 @pytest.mark.parametrize("batch,inputs,hidden,steps", SHAPES)
 @pytest.mark.parametrize("mode,threads", [("rows", 1), ("rows", 2), ("cols", 2)])
-def test_matches_nn_gru(module, batch: int, inputs: int, hidden: int, steps: int, mode: str, threads: int) -> None:
+def test_matches_nn_gru(module, level: str, batch: int, inputs: int, hidden: int, steps: int, mode: str, threads: int) -> None:
     gru = make(inputs, hidden, seed=batch + hidden)
     x = torch.randn(steps, batch, inputs)
     h0 = torch.randn(batch, hidden)
@@ -70,16 +71,16 @@ def test_matches_nn_gru(module, batch: int, inputs: int, hidden: int, steps: int
     assert_close(got, reference(gru, x, h0))
 
 
-@pytest.mark.parametrize("avx512,spin,bias", list(itertools.product([True, False], [True, False], [True, False])))
-def test_kernel_variants(module, avx512: bool, spin: bool, bias: bool) -> None:
-    """The portable loop, OpenMP's barrier and a layer without biases give the same results."""
+@pytest.mark.parametrize("spin,bias", list(itertools.product([True, False], [True, False])))
+def test_kernel_variants(module, level: str, spin: bool, bias: bool) -> None:
+    """OpenMP's barrier and a layer without biases give the same results, on every path."""
     gru = make(11, 40, bias=bias)
     x, h0 = torch.randn(6, 3, 11), torch.randn(3, 40)
     w_ih, w_hh, b_ih, b_hh = weights(gru)
     for mode, threads in [("rows", 1), ("cols", 2), ("rows", 2)]:
         with torch.no_grad():
-            got = module.forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, None, mode, threads, avx512,
-                                 [0, int(spin)])
+            got = module.forward(x, h0, w_ih, packed_weights(w_hh), b_ih, b_hh, None, mode, threads,
+                                 isa.level_index(level), [0, int(spin)])
         assert_close(got, reference(gru, x, h0))
 
 
@@ -96,7 +97,7 @@ def test_default_threads_follow_torch(module) -> None:
 
 
 @pytest.mark.parametrize("mode,threads", [("rows", 2), ("cols", 2), ("rows", 1)])
-def test_lengths(module, mode: str, threads: int) -> None:
+def test_lengths(module, level: str, mode: str, threads: int) -> None:
     """Padded steps are 0 and h_n is the state after each row's last valid step (h0 for length 0), as
     nn.GRU run on each row's valid prefix alone gives."""
     gru = make(5, 19)
@@ -114,7 +115,7 @@ def test_lengths(module, mode: str, threads: int) -> None:
 
 
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_reverse(module, with_lengths: bool) -> None:
+def test_reverse(module, level: str, with_lengths: bool) -> None:
     """reverse=True reads each row backwards within its length: nn.GRU on the reversed valid prefix."""
     gru = make(6, 21)
     steps = 6
@@ -151,7 +152,7 @@ def test_lengths_all_full_match_none(module) -> None:
     assert_close(full, reference(gru, x, h0))
 
 
-def test_non_contiguous_inputs(module) -> None:
+def test_non_contiguous_inputs(module, level: str) -> None:
     gru = make(12, 33)
     x = torch.randn(4, 6, 12).transpose(0, 1)  # (T, B, D) view of a batch-first tensor
     h0 = torch.randn(33, 4).t()
@@ -164,7 +165,7 @@ def test_non_contiguous_inputs(module) -> None:
     assert_close(got, reference(gru, x.contiguous(), h0.contiguous()))
 
 
-def test_empty_sequence(module) -> None:
+def test_empty_sequence(module, level: str) -> None:
     gru = make(3, 8)
     h0 = torch.randn(2, 8)
     out, h_n = infer(torch.randn(0, 2, 3), h0, *weights(gru))
@@ -253,14 +254,42 @@ def test_refuses_what_it_cannot_do(module) -> None:
             assert "autocast" in unsupported_reason(x, h0, *weights(gru))
 
 
-def test_without_avx512_only_small_batches(module, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_batch_size_takes_the_kernel(module, level: str) -> None:
+    """Every path serves every batch size (no fallback to the training loop without AVX-512)."""
     gru = make(4, 6)
-    monkeypatch.setattr(inference, "has_avx512_kernel", lambda: False)
     with torch.no_grad():
-        small = torch.randn(3, inference.PORTABLE_MAX_BATCH, 4)
-        assert unsupported_reason(small, torch.zeros(small.size(1), 6), *weights(gru)) is None
-        large = torch.randn(3, inference.PORTABLE_MAX_BATCH + 1, 4)
-        assert "AVX-512" in unsupported_reason(large, torch.zeros(large.size(1), 6), *weights(gru))
+        for batch in (1, 2, 3, 17, 64):
+            x = torch.randn(3, batch, 4)
+            assert unsupported_reason(x, torch.zeros(batch, 6), *weights(gru)) is None
+
+
+def test_isa_switch(module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRU_LIB_ISA picks a path; an unknown value, or one this CPU cannot run, is refused in one line that
+    names the variable; the kernel itself refuses a path above the CPU's."""
+    best = isa.cpu_levels()[-1]
+    monkeypatch.delenv(isa.ISA_ENV, raising=False)
+    assert isa.selected() == best == inference.kernel_path()
+    monkeypatch.setenv(isa.ISA_ENV, "portable")
+    assert isa.selected() == "portable"
+    with isa.forced(best):
+        assert isa.selected() == best
+    gru = make(4, 6)
+    x, h0 = torch.randn(3, 2, 4), torch.zeros(2, 6)
+    monkeypatch.setenv(isa.ISA_ENV, "sse9")
+    with pytest.raises(GruLibError, match=r"^GRU_LIB_ISA='sse9': expected one of portable, avx2, avx512$"):
+        infer(x, h0, *weights(gru))
+    missing = [name for name in isa.LEVELS if name not in isa.cpu_levels()]
+    if missing:  # the kernel checks the CPU itself too
+        with pytest.raises(RuntimeError, match="cannot run instruction set"):
+            module.forward(x, h0, *weights(gru)[:1], packed_weights(weights(gru)[1]), *weights(gru)[2:], None,
+                           "rows", 1, isa.level_index(missing[0]), [0, 1])
+    monkeypatch.setattr(isa, "cpu_levels", lambda: ("portable",))  # as on a CPU without AVX2
+    monkeypatch.setenv(isa.ISA_ENV, "avx2")
+    with pytest.raises(GruLibError, match="^GRU_LIB_ISA=avx2: this CPU cannot run it [(]it runs portable[)]$"):
+        infer(x, h0, *weights(gru))
+    with pytest.raises(GruLibError, match="^isa.forced=avx512: this CPU cannot run it"):
+        with isa.forced("avx512"):
+            pass
 
 
 def test_extension_disabled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,9 +50,9 @@ using gru_math::tanh_f;
 // gh: (B, 3H) = h W_hh^T (no bias); hp: previous state (B, H); out: new state (B, H), 0 for padded rows;
 // bhh: b_hh (3H), zeros without bias; save (optional): (B, 4H) = [r, z, n, gh_n + b_hn] for backward.
 template <typename T>
-GRU_CLONES void gates_forward(int64_t b0, int64_t b1, int64_t H, int64_t t, const int64_t* lengths, const T* __restrict__ gi,
-                              const T* __restrict__ gh, const T* __restrict__ bhh,
-                              const T* __restrict__ hp, T* __restrict__ out, T* __restrict__ save) {
+GRU_BODY void gates_forward_body(int64_t b0, int64_t b1, int64_t H, int64_t t, const int64_t* lengths, const T* __restrict__ gi,
+                                 const T* __restrict__ gh, const T* __restrict__ bhh,
+                                 const T* __restrict__ hp, T* __restrict__ out, T* __restrict__ save) {
   for (int64_t b = b0; b < b1; ++b) {
     T* o = out + b * H;
     if (lengths != nullptr && t >= lengths[b]) {
@@ -95,6 +95,7 @@ GRU_CLONES void gates_forward(int64_t b0, int64_t b1, int64_t H, int64_t t, cons
     }
   }
 }
+GRU_MULTIVERSION(gates_forward)
 
 // Backward gates of rows [b0, b1) at one step. dh: (B, H) carried gradient w.r.t. this step's new state,
 // replaced by the direct part z * dh' of the gradient w.r.t. the previous state (the W_hh part is added by
@@ -102,10 +103,10 @@ GRU_CLONES void gates_forward(int64_t b0, int64_t b1, int64_t H, int64_t t, cons
 // [da_r, da_z, da_n * r] (gradient of gh + b_hh) and [da_r, da_z, da_n] (gradient of gi), 0 for padded rows,
 // whose dh passes through.
 template <typename T>
-GRU_CLONES void gates_backward(int64_t b0, int64_t b1, int64_t H, int64_t t, const int64_t* lengths,
-                               const T* __restrict__ saved, const T* __restrict__ hp,
-                               const T* __restrict__ dout, T* __restrict__ dh, T* __restrict__ Gh,
-                               T* __restrict__ Gi) {
+GRU_BODY void gates_backward_body(int64_t b0, int64_t b1, int64_t H, int64_t t, const int64_t* lengths,
+                                  const T* __restrict__ saved, const T* __restrict__ hp,
+                                  const T* __restrict__ dout, T* __restrict__ dh, T* __restrict__ Gh,
+                                  T* __restrict__ Gi) {
   for (int64_t b = b0; b < b1; ++b) {
     T* gh = Gh + b * 3 * H;
     T* gi = Gi + b * 3 * H;
@@ -135,6 +136,7 @@ GRU_CLONES void gates_backward(int64_t b0, int64_t b1, int64_t H, int64_t t, con
     }
   }
 }
+GRU_MULTIVERSION(gates_backward)
 
 // Rows per parallel task: about 8k elements per task, so that small steps stay on one thread.
 int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
@@ -166,16 +168,33 @@ const OneDnnOps& onednn_ops() {
   return ops;
 }
 
-// Whether products in this dtype on these tensors' device go through oneDNN (see the header comment).
-bool use_onednn(const at::Tensor& like, at::ScalarType mm_dtype) {
-  return like.device().is_cpu() && (mm_dtype == at::kFloat || mm_dtype == at::kBFloat16) &&
-         at::globalContext().userEnabledMkldnn() && onednn_ops().linear.has_value();
-}
-
 // a @ w^T by oneDNN; a (M, K) contiguous, w (N, K) dense with any strides, or packed.
 at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w) {
   return onednn_ops().linear->call(a.contiguous(), w, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
                                    std::nullopt);
+}
+
+// Whether oneDNN multiplies bfloat16 on this CPU. It has no bf16 kernel for CPUs without AVX-512 (or with
+// ONEDNN_MAX_CPU_ISA below it) and then refuses to create the primitive: asked once, with a 1 x 1 product.
+bool onednn_bf16_works() {
+  static const bool works = [] {
+    try {
+      const at::Tensor one = at::ones({1, 1}, at::TensorOptions().dtype(at::kBFloat16));
+      onednn_linear(one, one);
+      return true;
+    } catch (const std::exception&) {  // c10::Error, or oneDNN's own error type
+      return false;
+    }
+  }();
+  return works;
+}
+
+// Whether products in this dtype on these tensors' device go through oneDNN (see the header comment); else
+// ATen's at::mm, which multiplies bfloat16 on every CPU.
+bool use_onednn(const at::Tensor& like, at::ScalarType mm_dtype) {
+  return like.device().is_cpu() && (mm_dtype == at::kFloat || mm_dtype == at::kBFloat16) &&
+         at::globalContext().userEnabledMkldnn() && onednn_ops().linear.has_value() &&
+         (mm_dtype != at::kBFloat16 || onednn_bf16_works());
 }
 
 // a @ w^T in mm_dtype with the result in a's dtype, for one-off products; w (N, K) with any strides.
@@ -335,6 +354,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout_, const at::Tensor& 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_isa", &gru_isa::set, "the instruction set of the elementwise loops: -1 the CPU's best, 0 portable, 1 avx2, 2 avx512");
+  m.def("isa", &gru_isa::level, "the instruction set the elementwise loops run now");
   m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
   m.def("forward", &gru_forward, "FastGRU forward scan of one direction (CPU)");
   m.def("uses_onednn", [](const std::string& dtype) {

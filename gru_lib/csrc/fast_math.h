@@ -1,19 +1,88 @@
-// Elementwise math for the C++ kernels of chapters 6 and 7 (fast_gru.cpp, mingru_scan.cpp).
+// Elementwise math for the C++ kernels of chapters 6 and 7 (fast_gru.cpp, mingru_scan.cpp), and the choice of
+// instruction set they share with gru_infer.cpp.
 //
-// exp and log for float without libm calls, so that the loops that use them vectorise; GRU_CLONES compiles a
-// function for AVX-512, AVX2 and baseline x86-64 and picks one at run time (target_clones), so the build needs
-// no -march flag and one build serves every x86-64 machine. The double overloads call libm (tests in float64).
+// exp and log for float without libm calls, so that the loops that use them vectorise. GRU_MULTIVERSION(name)
+// compiles a loop written once as name_body<T> for AVX-512, for AVX2 + FMA and for the compiler's baseline
+// (SSE2 on x86-64, NEON on ARM), and defines name<T>(...) to call the one gru_isa::level() names: the best this
+// CPU runs, or the one gru_lib.isa asks for through each module's set_isa binding (GRU_LIB_ISA). So the build
+// needs no -march flag, one build serves every machine, and a machine with AVX-512 can run the other paths too.
+// The double overloads call libm (tests in float64).
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GRU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define GRU_X86_MULTIVERSION 1
 #else
-#define GRU_CLONES
+#define GRU_X86_MULTIVERSION 0
+#endif
+
+namespace gru_isa {
+
+// As gru_lib.isa numbers them.
+enum : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best instruction set this CPU runs.
+inline int64_t cpu() {
+#if GRU_X86_MULTIVERSION
+  static const int64_t best = !__builtin_cpu_supports("fma")        ? kPortable
+                              : __builtin_cpu_supports("avx512f")  ? kAvx512
+                              : __builtin_cpu_supports("avx2")     ? kAvx2
+                                                                   : kPortable;
+  return best;
+#else
+  return kPortable;
+#endif
+}
+
+inline std::atomic<int64_t>& requested() {  // -1: the CPU's best
+  static std::atomic<int64_t> level{-1};
+  return level;
+}
+
+inline int64_t level() {
+  const int64_t r = requested().load(std::memory_order_relaxed);
+  return r < 0 ? cpu() : r;
+}
+
+// The module's set_isa binding (pybind11 turns std::invalid_argument into ValueError).
+inline void set(int64_t level) {
+  if (level < -1 || level > cpu())
+    throw std::invalid_argument("set_isa: this CPU cannot run instruction set " + std::to_string(level) +
+                                " (it runs up to " + std::to_string(cpu()) + ")");
+  requested().store(level, std::memory_order_relaxed);
+}
+
+}  // namespace gru_isa
+
+#define GRU_BODY __attribute__((always_inline)) inline
+
+#if GRU_X86_MULTIVERSION
+#define GRU_MULTIVERSION(name)                                                                              \
+  template <typename T, typename... A>                                                                      \
+  __attribute__((target("avx512f,fma"))) void name##_avx512(A... a) { name##_body<T>(a...); }              \
+  template <typename T, typename... A>                                                                      \
+  __attribute__((target("avx2,fma"))) void name##_avx2(A... a) { name##_body<T>(a...); }                    \
+  template <typename T, typename... A>                                                                      \
+  void name##_baseline(A... a) { name##_body<T>(a...); }                                                    \
+  template <typename T, typename... A>                                                                      \
+  void name(A... a) {                                                                                       \
+    switch (gru_isa::level()) {                                                                             \
+      case gru_isa::kAvx512: return name##_avx512<T>(a...);                                                 \
+      case gru_isa::kAvx2: return name##_avx2<T>(a...);                                                     \
+      default: return name##_baseline<T>(a...);                                                             \
+    }                                                                                                       \
+  }
+#else
+#define GRU_MULTIVERSION(name)    \
+  template <typename T, typename... A> \
+  void name(A... a) { name##_body<T>(a...); }
 #endif
 
 namespace gru_math {

@@ -18,11 +18,16 @@
 // per step on two cores here against ~0.4 us for OpenMP's), which yields the core after 20 us of spinning.
 // gi and out[t] come from buffers.h's pool (no page faults on repeated calls).
 //
-// Vector code: AVX-512 intrinsics in functions compiled with __attribute__((target)) and chosen at run time
-// (__builtin_cpu_supports), so the build keeps native.py's portable flags (no -march); elsewhere a portable
-// loop (GRU_CLONES: AVX2 / baseline) computes the same thing. exp follows fast_math.h's exp_f (Cephes
-// polynomial, relative error ~2e-7) and 1 / d is rcp14 plus one Newton step, so results match nn.GRU to
-// float32 rounding (tests: 1e-5; measured max |diff| ~3e-7).
+// Vector code, one path per instruction set, chosen by the caller (gru_lib.isa: the best this CPU runs, or
+// GRU_LIB_ISA) and checked against the CPU here (gru_isa::cpu, fast_math.h):
+//   avx512    AVX-512 intrinsics in functions compiled with __attribute__((target)); exp follows
+//             fast_math.h's exp_f (Cephes polynomial, relative error ~2e-7) and 1 / d is rcp14 plus one Newton
+//             step;
+//   avx2      gru_infer_vec.h compiled under #pragma GCC target("avx2,fma"): GCC vector extensions, 8 floats a
+//             vector, the same arithmetic with a division;
+//   portable  the same header compiled for the baseline (SSE2 on x86-64, NEON on aarch64): no intrinsics.
+// The build keeps native.py's portable flags (no -march), so one build serves every CPU. Results match nn.GRU
+// to float32 rounding on every path (tests: 1e-5; measured max |diff| ~3e-7).
 //
 // Variable lengths: row b is valid at step t iff t < lengths[b]; padded outputs are 0 and h_n is the state
 // after each row's last valid step (h0 for length 0). A padded row's state is never read as a valid state
@@ -50,11 +55,11 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define GRU_HAVE_AVX512_PATH 1
+#define GRU_HAVE_X86_PATHS 1
 #define AVX512_FN __attribute__((target("avx512f,fma")))
 #define AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) inline
 #else
-#define GRU_HAVE_AVX512_PATH 0
+#define GRU_HAVE_X86_PATHS 0
 #endif
 
 namespace {
@@ -78,7 +83,7 @@ struct Problem {
 };
 
 // ---- AVX-512 path ----
-#if GRU_HAVE_AVX512_PATH
+#if GRU_HAVE_X86_PATHS
 
 // The gate functions work on N vectors at once, one stage of the computation for all N before the next:
 // each stage is a long dependency chain per vector (exp alone is ~15 dependent operations), so written
@@ -247,56 +252,43 @@ void rows_block_avx512(const Problem& P, int64_t t, int64_t jb, int64_t b0, int6
   }
 }
 
-#endif  // GRU_HAVE_AVX512_PATH
+#endif  // GRU_HAVE_X86_PATHS
 
-// ---- Portable path (same arithmetic, one row at a time, vectorised by the compiler) ----
-
-GRU_CLONES void row_block_generic(const Problem& P, int64_t t, int64_t jb, int64_t row) {
-  using gru_math::sigmoid_f;
-  using gru_math::tanh_f;
-  const int64_t H = P.H;
-  const float* hp = P.prev(t) + row * H;
-  const float* w = P.wp + jb * H * kPanel;
-  float acc[kPanel] = {};
-  for (int64_t k = 0; k < H; ++k) {
-    const float hk = hp[k];
-    for (int64_t i = 0; i < kPanel; ++i) acc[i] += w[k * kPanel + i] * hk;
-  }
-  const int64_t j0 = jb * kBlock, n_j = std::min<int64_t>(kBlock, H - j0);
-  float* o = P.out + (t * P.B + row) * H + j0;
-  if (P.padded(t, row)) {
-    std::fill(o, o + n_j, 0.0f);
-    return;
-  }
-  const float* g = P.gi + (t * P.B + row) * 3 * H + j0;
-  for (int64_t i = 0; i < n_j; ++i) {
-    const float r = sigmoid_f(acc[i] + g[i]);
-    const float z = sigmoid_f(acc[kBlock + i] + g[H + i]);
-    const float n = tanh_f(g[2 * H + i] + r * (acc[2 * kBlock + i] + P.bhn[j0 + i]));
-    o[i] = n + z * (hp[j0 + i] - n);
-  }
-}
+// ---- AVX2 and portable paths: one source (gru_infer_vec.h), compiled for each ----
 
 using RowsBlockFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t);
 
-void rows_block_generic(const Problem& P, int64_t t, int64_t jb, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) row_block_generic(P, t, jb, b);
-}
+}  // namespace
 
-bool avx512_available() {
-#if GRU_HAVE_AVX512_PATH
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
+#if GRU_HAVE_X86_PATHS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("fp-contract=fast")  // a * b + c as one FMA
+#define GRU_VEC_NS gru_infer_avx2
+#include "gru_infer_vec.h"
+#undef GRU_VEC_NS
+#pragma GCC pop_options
 #endif
-}
 
-RowsBlockFn rows_block_fn(bool allow_avx512) {
-#if GRU_HAVE_AVX512_PATH
-  if (allow_avx512 && avx512_available()) return rows_block_avx512;
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#define GRU_VEC_NS gru_infer_portable
+#include "gru_infer_vec.h"
+#undef GRU_VEC_NS
+#pragma GCC pop_options
+
+namespace {
+
+constexpr const char* kIsaNames[] = {"portable", "avx2", "avx512"};  // gru_isa's numbers (fast_math.h)
+
+RowsBlockFn rows_block_fn(int64_t isa) {
+  TORCH_CHECK(isa >= gru_isa::kPortable && isa <= gru_isa::cpu(), "gru_infer: this CPU cannot run instruction set ",
+              isa, " (it runs up to ", kIsaNames[gru_isa::cpu()], ")");
+#if GRU_HAVE_X86_PATHS
+  if (isa == gru_isa::kAvx512) return rows_block_avx512;
+  if (isa == gru_isa::kAvx2) return gru_infer_avx2::rows_block;
 #endif
-  return rows_block_generic;
+  return gru_infer_portable::rows_block;
 }
 
 // ---- The time loop ----
@@ -341,8 +333,10 @@ class SpinBarrier {
 
  private:
   static void pause() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if GRU_HAVE_X86_PATHS
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
 #endif
   }
   static constexpr std::chrono::microseconds kSpin{20};
@@ -414,14 +408,15 @@ at::Tensor final_state(const at::Tensor& out, const at::Tensor& h0, const int64_
 }
 
 // mode: "rows" or "cols" (see the header comment; one thread always runs "rows"); threads <= 0:
-// at::get_num_threads(); options: {prefetch distance in k (0: none), spin barrier (1) or OpenMP's (0)}.
+// at::get_num_threads(); isa: the path (gru_isa's number; refused above gru_isa::cpu()); options: {prefetch distance in k (0: none), spin barrier (1) or OpenMP's (0)}.
 std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor& h0_, const at::Tensor& w_ih,
                                           const at::Tensor& packed, const c10::optional<at::Tensor>& b_ih,
                                           const c10::optional<at::Tensor>& b_hh,
                                           const c10::optional<at::Tensor>& lengths_, const std::string& mode,
-                                          int64_t threads, bool allow_avx512, std::vector<int64_t> options) {
+                                          int64_t threads, int64_t isa, std::vector<int64_t> options) {
   TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == at::kFloat, "gru_infer: x must be a float32 CPU tensor");
   TORCH_CHECK(mode == "rows" || mode == "cols", "gru_infer: mode must be 'rows' or 'cols', got ", mode);
+  const RowsBlockFn fn = rows_block_fn(isa);
   const int64_t T = x_.size(0), B = x_.size(1), D = x_.size(2), H = h0_.size(1);
   const int64_t NB = (H + kBlock - 1) / kBlock;
   TORCH_CHECK(packed.dim() == 4 && packed.size(0) == NB && packed.size(1) == H && packed.size(2) == 3 &&
@@ -441,7 +436,6 @@ std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor
     const Problem P{T, B, H, NB, gi.data_ptr<float>(), packed.data_ptr<float>(), bhn.data_ptr<float>(),
                     h0.data_ptr<float>(), out.data_ptr<float>(), lens, options[0]};
     const int64_t wanted = threads > 0 ? threads : at::get_num_threads();
-    const RowsBlockFn fn = rows_block_fn(allow_avx512);
     const int64_t col_threads = std::max<int64_t>(1, std::min(wanted, NB));
     if (mode == "rows" || col_threads == 1) {
       scan_rows(P, fn, std::max<int64_t>(1, std::min(wanted, B)));
@@ -457,5 +451,5 @@ std::vector<at::Tensor> gru_infer_forward(const at::Tensor& x_, const at::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &gru_infer_forward, "inference GRU scan of one direction, float32 CPU");
   m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
-  m.def("avx512", &avx512_available, "whether this CPU runs the AVX-512 kernel");
+  m.def("cpu_isa", &gru_isa::cpu, "the best instruction set this CPU runs: 0 portable, 1 avx2, 2 avx512");
 }

@@ -62,8 +62,8 @@ int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(
 // Step 1 for one block and one row: log-space summary (l, L) of the block from a zero start. (Loops are written
 // without data-dependent branches or conditional loads, so that they vectorise over q.)
 template <typename T>
-GRU_CLONES void reduce_block(const T* __restrict__ y, int64_t t0, int64_t size, int64_t N, int64_t n, int64_t H,
-                             T* __restrict__ l, T* __restrict__ L) {
+GRU_BODY void reduce_block_body(const T* __restrict__ y, int64_t t0, int64_t size, int64_t N, int64_t n, int64_t H,
+                                T* __restrict__ l, T* __restrict__ L) {
   const T* k = y + (t0 * N + n) * 2 * H;
   for (int64_t q = 0; q < H; ++q) {
     const T log_z = log_sigmoid_f(k[q]);
@@ -80,11 +80,12 @@ GRU_CLONES void reduce_block(const T* __restrict__ y, int64_t t0, int64_t size, 
     }
   }
 }
+GRU_MULTIVERSION(reduce_block)
 
 // Step 3 for one block and one row: h_j = a_j h_{j-1} + b_j from the block's start state.
 template <typename T>
-GRU_CLONES void scan_block(const T* __restrict__ y, int64_t t0, int64_t size, int64_t N, int64_t n, int64_t H,
-                           const T* __restrict__ start, T* __restrict__ h) {
+GRU_BODY void scan_block_body(const T* __restrict__ y, int64_t t0, int64_t size, int64_t N, int64_t n, int64_t H,
+                              const T* __restrict__ start, T* __restrict__ h) {
   const T* prev = start;
   for (int64_t j = 0; j < size; ++j) {
     const T* k = y + ((t0 + j) * N + n) * 2 * H;
@@ -97,6 +98,7 @@ GRU_CLONES void scan_block(const T* __restrict__ y, int64_t t0, int64_t size, in
     prev = out;
   }
 }
+GRU_MULTIVERSION(scan_block)
 
 // Returns {h (T, N, H), carry (blocks, N, H): the state at every block's start}.
 std::vector<at::Tensor> scan_forward(const at::Tensor& y_, const at::Tensor& h0_, int64_t block) {
@@ -156,9 +158,9 @@ struct GradRows {
 // Backward step 1 for one block and one row: the adjoint at the block's first step with no inflow (local),
 // the product of a over steps 1..size-1 (through), and a at step 0 (a_first).
 template <typename T>
-GRU_CLONES void adjoint_block(const T* __restrict__ y, const GradRows<T>& grad, int64_t t0, int64_t size,
-                              int64_t N, int64_t n, int64_t H, T* __restrict__ local, T* __restrict__ through,
-                              T* __restrict__ a_first, T* __restrict__ scratch) {
+GRU_BODY void adjoint_block_body(const T* __restrict__ y, const GradRows<T>& grad, int64_t t0, int64_t size,
+                                 int64_t N, int64_t n, int64_t H, T* __restrict__ local, T* __restrict__ through,
+                                 T* __restrict__ a_first, T* __restrict__ scratch) {
   const int64_t last = t0 + size - 1;
   const T* g_last = grad.row(last, n, scratch);
   for (int64_t q = 0; q < H; ++q) {
@@ -177,14 +179,15 @@ GRU_CLONES void adjoint_block(const T* __restrict__ y, const GradRows<T>& grad, 
   const T* k0 = y + (t0 * N + n) * 2 * H;
   for (int64_t q = 0; q < H; ++q) a_first[q] = T(1) - sigmoid_f(k0[q]);
 }
+GRU_MULTIVERSION(adjoint_block)
 
 // Backward step 3 for one block and one row: the adjoint from the block's inflow, and dL/dk, dL/dp.
 // adj and a_next: scratch of H values each.
 template <typename T>
-GRU_CLONES void gradient_block(const T* __restrict__ y, const GradRows<T>& grad, const T* __restrict__ h,
-                               const T* __restrict__ start, const T* __restrict__ inflow, int64_t t0,
-                               int64_t size, int64_t N, int64_t n, int64_t H, T* __restrict__ grad_y,
-                               T* __restrict__ adj, T* __restrict__ a_next, T* __restrict__ scratch) {
+GRU_BODY void gradient_block_body(const T* __restrict__ y, const GradRows<T>& grad, const T* __restrict__ h,
+                                  const T* __restrict__ start, const T* __restrict__ inflow, int64_t t0,
+                                  int64_t size, int64_t N, int64_t n, int64_t H, T* __restrict__ grad_y,
+                                  T* __restrict__ adj, T* __restrict__ a_next, T* __restrict__ scratch) {
   for (int64_t q = 0; q < H; ++q) {  // the last step: its own gradient plus the inflow from the next block
     adj[q] = inflow[q];
     a_next[q] = T(1);
@@ -209,6 +212,7 @@ GRU_CLONES void gradient_block(const T* __restrict__ y, const GradRows<T>& grad,
     }
   }
 }
+GRU_MULTIVERSION(gradient_block)
 
 // Returns {dL/dy (T, N, 2H), dL/dh0 (N, H)}.
 std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& h_,
@@ -261,6 +265,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& grad_, const at::Tensor&
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_isa", &gru_isa::set, "the instruction set of the elementwise loops: -1 the CPU's best, 0 portable, 1 avx2, 2 avx512");
+  m.def("isa", &gru_isa::level, "the instruction set the elementwise loops run now");
   m.def("release_cached_buffers", &gru_buffers::release_cached, "unmap the unused large buffers kept for reuse");
   m.def("forward", &scan_forward, "minGRU blocked scan, forward: (h, carry) (CPU)");
   m.def("backward", &scan_backward, "minGRU blocked scan, backward: (dL/dy, dL/dh0) (CPU)");
