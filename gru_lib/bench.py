@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gru_lib import inference, memory, native
+from gru_lib import inference, isa, memory, native
 from gru_lib.errors import GruLibError
 from gru_lib.memory import peak_rss_mb
 from gru_lib.gemm import onednn_available, onednn_linear
@@ -456,6 +456,7 @@ def bench_command(
     base, names, device_ = _check_bench_arguments(shape, repeats, backends, device, threads)
     sweep = FULL if full else QUICK
     shapes = sweep_shapes(base, steps or sweep["steps"], batch or sweep["batch"], hidden or sweep["hidden"])
+    print(isa.describe())
     print(f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} "
           f"bf16={cpu_bf16_support()} device={device_}")
     rows, notes = run_bench(shapes, names, repeats, device_, memory)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gru_lib.config import ModelConfig, TrainConfig
+from gru_lib import isa
 from gru_lib.errors import CheckpointError, ConfigError, DataError, GruLibError, describe_os_error
 
 __all__ = ["main", "build_parser", "config_flags", "config_from_args", "bench_classifier_args"]
@@ -453,8 +454,10 @@ def _run_bench_peers(args: argparse.Namespace) -> int:
     rows, notes = bench_peers(shapes or DEFAULT_FORWARD, shapes or DEFAULT_BACKWARD, names, args.repeats)
     versions = peer_versions()
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "versions": versions, "rows": rows, "notes": notes}))
+        print(json.dumps({"threads": torch.get_num_threads(), "versions": versions, "machine": isa.describe(),
+                          "rows": rows, "notes": notes}))
         return 0
+    print(isa.describe())
     print(f"threads={torch.get_num_threads()} " + " ".join(f"{k}={v}" for k, v in versions.items()))
     print(f"medians of {args.repeats} interleaved rounds; x fastest: median / the fastest peer's, per shape and mode")
     print(format_peer_table(rows))
@@ -593,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        isa.selected()  # a GRU_LIB_ISA this CPU cannot run is refused before any work starts
         return int(args.func(args) or 0)
     except GruLibError as error:
         print(f"error: {error}", file=sys.stderr)

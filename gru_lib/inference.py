@@ -85,34 +85,26 @@ def pack_weights(w_hh: Tensor) -> Tensor:
     return w.view(3, blocks, BLOCK, hidden).permute(1, 3, 0, 2).contiguous()
 
 
-# key (data_ptr, shape, stride) -> (weak reference to the weight, its version counter, packed weight)
-_CACHE: OrderedDict[tuple, tuple[weakref.ref, int, Tensor]] = OrderedDict()
-
-
-def _version(w: Tensor) -> int | None:
-    try:
-        return w._version
-    except RuntimeError:  # inference tensors (torch.inference_mode) have no version counter
-        return None
+# key (data_ptr, shape, stride, dtype) -> (weak reference to the weight, a copy of its values, packed weight)
+_CACHE: OrderedDict[tuple, tuple[weakref.ref, Tensor, Tensor]] = OrderedDict()
 
 
 def packed_weights(w_hh: Tensor) -> Tensor:
     """:func:`pack_weights` of ``w_hh``, cached. A cached entry serves only the same tensor object, at the
-    same address, shape and strides, whose version counter has not moved: every in-place change through
-    the tensor (``w.add_``, an optimizer step, ``copy_``, ``load_state_dict``) bumps the counter and so
-    repacks. Changes that bypass the counter (writes through ``w.data``, or through another tensor built
-    on the same memory without ``view``/``detach``) are not seen: call :func:`clear_cache` after those.
-    Tensors without a counter (created under ``torch.inference_mode``) are packed on every call."""
-    version = _version(w_hh)
-    if version is None:
+    same address, shape and strides, holding the same values as when it was packed: the cache keeps a copy
+    of the weight and compares it (``torch.equal``, a read of ``3H * H`` floats, far less than packing) on
+    every call. So every change of the values is seen, also those that do not move the tensor's version
+    counter (fused optimizers, writes through ``w.data`` or through another tensor on the same memory).
+    Tensors created under ``torch.inference_mode`` are packed on every call."""
+    if w_hh.is_inference():
         return pack_weights(w_hh)
     key = (w_hh.data_ptr(), tuple(w_hh.shape), tuple(w_hh.stride()), w_hh.dtype)
     entry = _CACHE.get(key)
-    if entry is not None and entry[0]() is w_hh and entry[1] == version:
+    if entry is not None and entry[0]() is w_hh and torch.equal(entry[1], w_hh):
         _CACHE.move_to_end(key)
         return entry[2]
     packed = pack_weights(w_hh)
-    _CACHE[key] = (weakref.ref(w_hh, lambda ref, key=key: _forget(key, ref)), version, packed)
+    _CACHE[key] = (weakref.ref(w_hh, lambda ref, key=key: _forget(key, ref)), w_hh.detach().clone(), packed)
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

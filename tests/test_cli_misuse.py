@@ -493,3 +493,23 @@ def test_data_files_that_cannot_be_read_or_written_say_why(tmp_path: Path, monke
     monkeypatch.setattr(data, "_download", full)
     with pytest.raises(DataError, match=r"test\.csv: cannot write \(no space left on device\)"):
         data.ensure_ag_news(tmp_path / "empty", splits=("test",), progress=False)
+
+
+@pytest.mark.parametrize("value,words", [("sse9", ["GRU_LIB_ISA='sse9'", "expected one of portable, avx2, avx512"]),
+                                         ("AVX3", ["GRU_LIB_ISA='avx3'"])])
+def test_an_unknown_instruction_set_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str], value: str,
+                                                             words: list[str]) -> None:
+    """GRU_LIB_ISA names a kernel path; a wrong one stops the command with one line, before any output."""
+    monkeypatch.setenv("GRU_LIB_ISA", value)
+    _refused(capsys, ["predict", "Stocks rally as oil prices fall"], *words)
+
+
+def test_an_instruction_set_the_cpu_lacks_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from gru_lib import isa
+
+    monkeypatch.setattr(isa, "cpu_levels", lambda: ("portable",))  # as on a CPU without AVX2
+    monkeypatch.setenv("GRU_LIB_ISA", "avx2")
+    _refused(capsys, ["predict", "Stocks rally as oil prices fall"], "GRU_LIB_ISA=avx2", "cannot run",
+             "portable")

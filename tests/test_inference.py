@@ -198,6 +198,27 @@ def test_cache_follows_in_place_changes(module) -> None:
         assert_close(infer(x, h0, *weights(gru)), reference(other, x, h0))
 
 
+@pytest.mark.parametrize("optimizer", [
+    lambda p: torch.optim.Adam(p, lr=0.1, fused=True), lambda p: torch.optim.AdamW(p, lr=0.1, fused=True),
+    lambda p: torch.optim.SGD(p, lr=0.5, fused=True),
+])
+def test_cache_sees_changes_that_skip_the_version_counter(module, optimizer) -> None:
+    """Fused CPU optimizers write the weights without moving their version counter; so do writes through
+    ``.data``. The no-grad forward after them is the new weights' (the cache compares the values)."""
+    inference.clear_cache()
+    gru = make(6, 21)
+    x, h0 = torch.randn(5, 2, 6), torch.randn(2, 21)
+    with torch.no_grad():
+        infer(x, h0, *weights(gru))  # packs and caches W_hh
+    gru(x, h0.unsqueeze(0))[0].square().sum().backward()
+    optimizer(gru.parameters()).step()
+    with torch.no_grad():
+        assert_close(infer(x, h0, *weights(gru)), reference(gru, x, h0))
+    gru.weight_hh_l0.data.mul_(0.5)
+    with torch.no_grad():
+        assert_close(infer(x, h0, *weights(gru)), reference(gru, x, h0))
+
+
 def test_cache_is_per_tensor(module) -> None:
     """Two weights never share an entry, even if one is freed and the other takes its memory."""
     inference.clear_cache()
