@@ -313,7 +313,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from gru_lib.data import CLASSES
     from gru_lib.evaluate import load_classifier, predict_logits
     from gru_lib.shipped import load_shipped
-    from gru_lib.text import numericalize
+    from gru_lib.text import numericalize, tokenize
 
     blank = [i for i, text in enumerate(args.texts, 1) if not text.strip()]
     if blank:
@@ -322,6 +322,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         model, vocab, config, _ = load_shipped(args.model, device=args.device)
     else:
         model, vocab, config, _ = load_classifier(args.model, device=args.device)
+    wordless = [i for i, text in enumerate(args.texts, 1) if not tokenize(text, clean=config.clean_text)]
+    if wordless:
+        raise GruLibError(f"TEXT {wordless[0]}: no words left after cleaning (markup or entities only, such as "
+                          "'&nbsp;' or '<br>'): give the text to classify")
     ids = numericalize(args.texts, vocab, max_len=config.max_len, clean=config.clean_text)
     probs = predict_logits(model, ids, pad_index=vocab.pad_index).softmax(dim=1)
     for text, row in zip(args.texts, probs):
@@ -330,8 +334,20 @@ def _run_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, "topic": CLASSES[k], "probability": float(row[k]),
                               "probabilities": dict(zip(CLASSES, row.tolist()))}))
         else:
-            print(f"{CLASSES[k]}\t{float(row[k]):.4f}\t{text}")
+            print(f"{CLASSES[k]}\t{float(row[k]):.4f}\t{_one_line(text)}")
     return 0
+
+
+# What str.splitlines breaks on, and the tab of the output's columns, written as Python writes them.
+_ONE_LINE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r",
+                           **{c: f"\\x{ord(c):02x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85"},
+                           **{c: f"\\u{ord(c):04x}" for c in "\u2028\u2029"}})
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line of the tab-separated output: a backslash, a tab and every line break written as
+    Python escapes them (``\\\\``, ``\\t``, ``\\n``, ``\\u2028``, ...), so each text is exactly one line."""
+    return text.translate(_ONE_LINE)
 
 
 # ------------------------------------------------------------------------------------------------- data, bench

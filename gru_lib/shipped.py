@@ -104,7 +104,19 @@ def _split_file(path: Path) -> tuple[dict[str, Any], bytes]:
     missing = [key for key in _HEADER_KEYS if key not in header]
     if missing:
         raise CheckpointError(f"{path}: the header lacks {', '.join(missing)}")
+    _check_classes(path, header["classes"])
     return header, raw[16 + length :]
+
+
+def _check_classes(path: Path, classes: Any) -> None:
+    """The header's ``classes`` name the head's outputs in order; every reader labels with them, so they must
+    be the classes the model was trained on: AG News's, in :data:`gru_lib.data.CLASSES`'s order."""
+    from gru_lib.data import CLASSES
+
+    if classes != list(CLASSES):
+        shown = str(classes)[:120]
+        raise CheckpointError(f"{path}: the header's classes {shown} are not AG News's {list(CLASSES)} "
+                              "in that order")
 
 
 def _tensor_arrays(path: Path, entries: Any, data: bytes) -> dict[str, np.ndarray]:

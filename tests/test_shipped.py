@@ -127,6 +127,18 @@ def test_predict_uses_the_shipped_model_without_training(capsys: pytest.CaptureF
         assert p["probabilities"] == pytest.approx(e["probabilities"], abs=1e-6)
 
 
+def test_predict_prints_one_line_per_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """A text with a line break, a tab or a Unicode line separator is still one line of the tab-separated
+    output, its breaks written as Python escapes them."""
+    texts = ["Stocks rally\nas oil falls", "Team wins\tthe cup", "Probe lands\u2028on a comet", "back\\slash"]
+    assert main(["predict", *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(texts)
+    shown = [line.split("\t", 2)[2] for line in lines]
+    assert shown == ["Stocks rally\\nas oil falls", "Team wins\\tthe cup", "Probe lands\\u2028on a comet",
+                     "back\\\\slash"]
+
+
 def _damage(path: Path, how: str) -> None:
     raw = bytearray(path.read_bytes())
     (length,) = struct.unpack("<Q", raw[8:16])
@@ -141,9 +153,13 @@ def _damage(path: Path, how: str) -> None:
         raw[16] = ord("#")
     elif how == "trailing bytes":
         raw += b"\0\0\0\0"
-    elif how in ("version", "shape", "nan"):
+    elif how in ("version", "shape", "nan", "classes reordered", "classes renamed"):
         if how == "version":
             header["version"] = 99
+        elif how == "classes reordered":  # the labels of two outputs swapped: a wrong answer if trusted
+            header["classes"] = header["classes"][1::-1] + header["classes"][2:]
+        elif how == "classes renamed":
+            header["classes"] = ["A", "B", "C", "D"]
         elif how == "shape":
             header["tensors"][0]["shape"] = [header["tensors"][0]["shape"][0] - 1, 1]
         blob = json.dumps(header).encode()
@@ -154,7 +170,7 @@ def _damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncated", "magic", "header length", "not json", "trailing bytes", "version",
-                                 "shape", "nan"])
+                                 "shape", "nan", "classes reordered", "classes renamed"])
 def test_a_damaged_file_is_refused_with_one_line(tiny, how: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = tiny[0]
     _damage(path, how)
@@ -175,3 +191,11 @@ def test_an_oversized_or_missing_file_is_refused(tmp_path: Path) -> None:
         shipped.load_shipped(big)
     with pytest.raises(CheckpointError, match="not found"):
         shipped.load_shipped(tmp_path / "absent.bin")
+
+
+@pytest.mark.parametrize("text", ["&nbsp;", "<br>", "<p>&nbsp;</p>", " \t "])
+def test_text_without_words_is_refused_not_classified(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Markup or entities alone clean to nothing, as whitespace does: no confident topic for an empty text."""
+    assert main(["predict", "Stocks rally as oil falls", text]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "TEXT 2" in captured.err
