@@ -19,7 +19,8 @@ typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
 
-static inline vf splat(float s) { return vf{} + s; }
+// Every lane s: one broadcast (vf{} + s would add 0.0 first, an extra instruction: -0.0 + 0.0 is +0.0).
+static inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s}; }
 
 // n (0..8) floats from p; the rest 0. A whole vector is one unaligned load; a tail, element by element.
 static inline vf load(const float* p, int64_t n) {
