@@ -32,7 +32,6 @@ import json
 import multiprocessing
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,8 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from gru_lib.atomic import atomic_write, terminate_as_interrupt
 from gru_lib.baseline import C_GRID, MODELS, NGRAMS, tune_linear
-from gru_lib.cli import OneLineParser, positive_int
+from gru_lib.cli import OneLineParser, job_count, open_fraction, positive_float, positive_int, seed_value, thread_count
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
 from gru_lib.errors import GruLibError
@@ -251,11 +251,10 @@ def load_study(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def write_study(path: Path, study: dict[str, Any]) -> None:
-    """Write ``study`` to ``path`` as JSON, atomically (through a temporary file), creating its directory."""
+    """Write ``study`` to ``path`` as JSON, atomically (:func:`gru_lib.atomic.atomic_write`: ``path`` holds the
+    previous study or the new one, and no temporary file is left on any failure), creating its directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(study, indent=1) + "\n")
-    partial.replace(path)
+    atomic_write(path, json.dumps(study, indent=1) + "\n")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -267,30 +266,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--data", type=Path, default=None, help="the directory holding ag_news/ "
                         "(default: GRU_LIB_DATA; the files are read, never downloaded)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per training")
-    parser.add_argument("--jobs", type=positive_int, default=1, help="trainings (and the baselines) run at once, "
+    parser.add_argument("--val-fraction", type=open_fraction, default=0.1)
+    parser.add_argument("--threads", type=thread_count, default=1, help="intra-op threads per training")
+    parser.add_argument("--jobs", type=job_count, default=1, help="trainings (and the baselines) run at once, "
                         "each in its own process")
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim)
     parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size)
     parser.add_argument("--max-len", type=positive_int, default=defaults.max_len)
-    parser.add_argument("--grid", type=float, nargs="+", default=list(C_GRID), help="values of C to try")
+    parser.add_argument("--grid", type=positive_float, nargs="+", default=list(C_GRID), help="values of C to try")
     args = parser.parse_args(argv)
-    if not 0.0 < args.val_fraction < 1.0:
-        parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if any(c <= 0 for c in args.grid):
-        parser.error("--grid: every C must be > 0")
-    if args.out.exists() and not args.force:
-        parser.error(f"--out {args.out} exists; pass --force to overwrite it")
+    _check_out(parser, args.out, args.force)
     return args
 
 
-def _stop(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C: the study stops its workers and keeps its JSON (the command line installs it)."""
-    raise KeyboardInterrupt
+def _check_out(parser: argparse.ArgumentParser, out: Path, force: bool) -> None:
+    """Refuse, before any training, an ``--out`` the study could not write: a directory (even with
+    ``--force``), a path below a file, or an existing file without ``--force``."""
+    if not str(out).strip() or out.is_dir():
+        parser.error(f"--out {out}: is a directory or empty (name the JSON file to write)")
+    below_file = next((part for part in out.parents if part.exists() and not part.is_dir()), None)
+    if below_file is not None:
+        parser.error(f"--out {out}: {below_file} is not a directory")
+    if out.exists() and not force:
+        parser.error(f"--out {out} exists; pass --force to overwrite it")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,5 +319,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop)
-    sys.exit(main())
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C: the study stops its workers and keeps its JSON
+        sys.exit(main())

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from gru_lib.atomic import atomic_write
 from gru_lib.baseline import tfidf_baseline
 from gru_lib.data import CLASSES, default_data_dir, load_ag_news
 from gru_lib.metrics import classification_report, confusion_matrix
@@ -63,7 +64,7 @@ def main() -> int:
         "mean_train_seconds": statistics.mean(r["train_seconds"] for r in runs),
         "baseline": base,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"GRU (mean of {len(runs)} seeds): accuracy {summary['mean_accuracy']:.4f}, macro-F1 "
           f"{summary['mean_macro_f1']:.4f}, training {summary['mean_train_seconds']:.0f} s per run; "
           f"TF-IDF + logistic regression: accuracy {base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f} "

@@ -12,10 +12,11 @@ so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``, whic
                                step, optimizer / scheduler / grad-scaler states, RNG states (as tensors),
                                the history so far and the running sums of the current epoch
 
-Atomic write: the bytes go to a temporary file in the same directory, are flushed and fsync'ed, and
-``os.replace`` swaps it in (atomic on POSIX), then the directory is fsync'ed. A kill at any moment leaves
-either the previous checkpoint or the new one, both complete, never a torn file. Reading checks the zip
-archive's CRC-32 of every record, so corruption anywhere in the file, tensor data included, is detected.
+Atomic write (:func:`gru_lib.atomic.atomic_output`): the bytes go to a new temporary file in the same
+directory, are fsync'ed, and ``os.replace`` swaps it in (atomic on POSIX), then the directory is fsync'ed. A
+kill at any moment leaves either the previous checkpoint or the new one, both complete, never a torn file.
+Reading checks the zip archive's CRC-32 of every record, so corruption anywhere in the file, tensor data
+included, is detected.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gru_lib.atomic import atomic_output
 from gru_lib.errors import CheckpointError, GruLibError, os_error_reason
 
 try:
@@ -74,7 +76,7 @@ LOCK_NAME = ".gru_lib.lock"
 
 
 def _own_scratch(name: str) -> bool:
-    """The lock file and the temporary files of atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``)."""
+    """The lock file and the temporary files of atomic writes (``.NAME.XXXXXXXX.tmp``, :mod:`gru_lib.atomic`)."""
     return name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp"))
 
 
@@ -156,41 +158,14 @@ def run_dir_lock(directory: str | Path, flag: str = "--out") -> Iterator[Path]:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)`` so that ``path`` is never seen half-written (module docstring)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:  # torch.save's ENOSPC names no file: atomic_output names ``path``
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         delay = float(os.environ.get(_SLEEP_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
-        os.replace(tmp, path)
-    except OSError as error:  # torch.save's ENOSPC names no file: name the one being written
-        tmp.unlink(missing_ok=True)
-        if error.filename is None:
-            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -202,10 +177,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    text = [line.strip() for line in str(error).strip().splitlines()]
-    # torch's weights-only refusal opens with advice; the line that names the problem follows it.
-    named = [line for line in text if line.startswith("WeightsUnpickler error:")]
-    line = named[0].removeprefix("WeightsUnpickler error:").strip() if named else (text[0] if text else "")
+    text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # torch's weights-only refusal opens with advice and closes with a pointer to the documentation; the line
+    # that names what was blocked ("WeightsUnpickler error: ...", "Trying to load unsupported GLOBAL ...") is
+    # between them.
+    advice = ("Weights only load failed", "Check the documentation of torch.load")
+    named = [line for line in text if not line.startswith(advice)]
+    line = (named or text or [""])[0].removeprefix("WeightsUnpickler error:").strip()
     line = line.split(" was not an allowed global")[0] or type(error).__name__
     return line if len(line) <= 160 else line[:157] + "..."
 

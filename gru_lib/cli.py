@@ -9,8 +9,10 @@ field's metadata, booleans as ``--x/--no-x``), so the flags and their defaults h
 Every failure is one line on stderr and exit status 2, no traceback: a :class:`GruLibError`, a usage
 mistake (flags are checked as they are parsed: devices, thread counts, batch sizes) and any
 :class:`OSError`, worded in one place (:func:`gru_lib.errors.describe_os_error`: "no space left on device",
-"permission denied"). A closed stdout (``predict ... | head -1``) ends quietly. ``train --out`` must be new or
-empty, or hold a checkpoint and be given with ``--resume``, and one run at a time holds it
+"permission denied"). A closed stdout (``predict ... | head -1``) ends quietly. Ctrl-C and SIGTERM stop with
+one line and status 128 + the signal, leaving no half-written or temporary file (:mod:`gru_lib.atomic`).
+``train --out`` must be new or empty, or hold a checkpoint and be given with ``--resume``, and one run at a
+time holds it
 (:func:`gru_lib.checkpoint.check_run_dir`, :func:`gru_lib.checkpoint.run_dir_lock`).
 """
 
@@ -20,7 +22,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -30,13 +34,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gru_lib.atomic import atomic_output, atomic_write, terminate_as_interrupt
 from gru_lib.config import ModelConfig, TrainConfig
 from gru_lib import isa
 from gru_lib.errors import CheckpointError, ConfigError, DataError, GruLibError, describe_os_error
 
+if typing.TYPE_CHECKING:  # torch is imported when a command needs it, not for --help
+    from gru_lib.bench import Shape
+
 __all__ = ["main", "build_parser", "config_flags", "config_from_args", "bench_classifier_args"]
 
 SEED_MAX = 2**32 - 1
+MAX_THREADS = 4096  # --threads: far above any machine's cores, far below what overflows torch.set_num_threads
+MAX_JOBS = 256  # --jobs: worker processes at once, each holding a model
 _DATA_HELP = "directory holding ag_news/ (default: $GRU_LIB_DATA or the user cache, downloading)"
 
 
@@ -54,14 +64,65 @@ def config_flags() -> dict[str, tuple[str, dataclasses.Field, Any]]:
     return flags
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (thread counts, batch sizes, repeats)."""
+def _integer(text: str, low: int, high: int | None = None) -> int:
+    """``text`` as an integer in ``low..high`` (no upper bound when ``high`` is None); anything else raises
+    :class:`argparse.ArgumentTypeError` saying the bound it breaks (argparse names the flag)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {text!r}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be <= {high}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (batch sizes, repeats, sizes)."""
+    return _integer(text, 1)
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: a thread count in ``1..MAX_THREADS`` (``torch.set_num_threads`` overflows on huge
+    values, and more threads than that is a typo)."""
+    return _integer(text, 1, MAX_THREADS)
+
+
+def job_count(text: str) -> int:
+    """An argparse type: how many worker processes at once, ``1..MAX_JOBS``."""
+    return _integer(text, 1, MAX_JOBS)
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: a random seed in ``0..SEED_MAX`` (what NumPy and ``torch.manual_seed`` both accept)."""
+    return _integer(text, 0, SEED_MAX)
+
+
+def _real(text: str) -> float:
+    """``text`` as a finite float, else :class:`argparse.ArgumentTypeError` (nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (regularisation strengths, time budgets)."""
+    value = _real(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a share of the rows)."""
+    value = _real(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
     return value
 
 
@@ -83,10 +144,40 @@ def _device(text: str) -> str:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes as one line on stderr (exit 2), like every other error of the command line."""
+    """Usage mistakes as one line on stderr (exit 2), like every other error of the command line.
+
+    ``free_text="TEXT"`` marks a parser whose positional arguments are free text (``predict``): a text that
+    starts with ``-`` (``-5%``) is taken for a flag, so its errors (a missing TEXT, an unknown argument) end
+    with the hint to put ``--`` before it, and unknown arguments are reported by this parser, not its parent."""
+
+    def __init__(self, *args: Any, free_text: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.free_text = free_text
+        self._given: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, remembering the arguments (for the hint); with ``free_text``, unknown ones are errors."""
+        self._given = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(self._given, namespace)
+        if self.free_text and extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(2, f"error: {self.prog}: {message}{self._dash_hint()} (see --help)\n")
+
+    def _dash_hint(self) -> str:
+        """With ``free_text``: "; if '-5%' is a TEXT, ..." for the first argument before ``--`` that starts
+        with ``-`` and is none of this parser's flags; else ""."""
+        if not self.free_text:
+            return ""
+        given = self._given[: self._given.index("--")] if "--" in self._given else self._given
+        for arg in given:
+            if len(arg) > 1 and arg.startswith("-") and arg.split("=", 1)[0] not in self._option_string_actions:
+                return (f"; if {arg!r} is a {self.free_text}, put -- before it: "
+                        f"{self.prog} [flags] -- {shlex.quote(arg)}")
+        return ""
 
 
 def _scalar(kind: Any) -> type:
@@ -133,9 +224,8 @@ def _data_dir(args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write ``value`` to ``path`` as indented JSON, atomically (:func:`gru_lib.atomic.atomic_write`)."""
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -153,7 +243,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_config_flags(parser)
     parser.add_argument("--device", type=_device, default=None,
                         help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help=f"intra-op CPU threads, 1..{MAX_THREADS} (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_train)
 
@@ -299,7 +390,9 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="predict the topic of texts with a trained classifier",
         description="Print the predicted topic and its probability for each text, one line each. Without "
-        "--model: the classifier that ships with gru_lib (gru_lib/shipped_model), no training needed.",
+        "--model: the classifier that ships with gru_lib (gru_lib/shipped_model), no training needed. "
+        "A text that starts with '-' goes after --: predict -- '-5% drop in sales'.",
+        free_text="TEXT",
     )
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="the --out directory of `train`, or a shipped model file (default: the shipped model)")
@@ -311,17 +404,15 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from gru_lib.data import CLASSES
-    from gru_lib.evaluate import load_classifier, predict_logits
-    from gru_lib.shipped import load_shipped
+    from gru_lib.evaluate import predict_logits
     from gru_lib.text import numericalize, tokenize
 
     blank = [i for i, text in enumerate(args.texts, 1) if not text.strip()]
     if blank:
         raise GruLibError(f"TEXT {blank[0]}: empty or only whitespace (give the text to classify)")
-    if args.model is None or Path(args.model).is_file():
-        model, vocab, config, _ = load_shipped(args.model, device=args.device)
-    else:
-        model, vocab, config, _ = load_classifier(args.model, device=args.device)
+    _check_utf8(args.texts)
+    _tolerant_stdout()
+    model, vocab, config = _predict_model(args.model, args.device)
     wordless = [i for i, text in enumerate(args.texts, 1) if not tokenize(text, clean=config.clean_text)]
     if wordless:
         raise GruLibError(f"TEXT {wordless[0]}: no words left after cleaning (markup or entities only, such as "
@@ -338,10 +429,52 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_utf8(texts: Sequence[str]) -> None:
+    """Refuse (:class:`GruLibError`, naming it) a TEXT whose bytes on the command line were not valid UTF-8:
+    Python hands them over as lone surrogates (``b'\\xff'`` -> ``'\\udcff'``), which no stream can write."""
+    for i, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            byte = ord(text[error.start]) & 0xFF
+            raise GruLibError(f"TEXT {i}: not valid UTF-8 (byte 0x{byte:02x} at character {error.start + 1}); "
+                              "give the text in UTF-8") from None
+
+
+def _tolerant_stdout() -> None:
+    """Make stdout write what its encoding cannot hold (an ASCII locale, ``PYTHONIOENCODING=ascii``) as
+    backslash escapes (``caf\\xe9``) instead of failing, so each text still gets its one line."""
+    try:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        pass  # not a text stream that can be reconfigured (replaced by the caller): write as it is
+
+
 # What str.splitlines breaks on, and the tab of the output's columns, written as Python writes them.
 _ONE_LINE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r",
                            **{c: f"\\x{ord(c):02x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85"},
                            **{c: f"\\u{ord(c):04x}" for c in "\u2028\u2029"}})
+
+
+def _predict_model(given: str | None, device: str) -> tuple[Any, Any, TrainConfig]:
+    """The classifier ``predict --model`` names: the shipped model (no ``--model``), a shipped model file,
+    a training checkpoint file, or the ``--out`` directory of ``train``; one-line errors name ``--model``."""
+    from gru_lib.evaluate import load_classifier
+    from gru_lib.shipped import MAGIC, load_shipped
+
+    if given is None:
+        return load_shipped(None, device=device)[:3]
+    if not given.strip():
+        raise GruLibError("--model: empty path (give a train --out directory or a model file, or leave --model out "
+                          "for the shipped model)")
+    path = Path(given)
+    if not path.exists():
+        raise GruLibError(f"--model {given}: no such file or directory")
+    if path.is_file():
+        with open(path, "rb") as handle:
+            if handle.read(len(MAGIC)) == MAGIC:
+                return load_shipped(path, device=device)[:3]
+    return load_classifier(path, device=device)[:3]  # a run directory or a training checkpoint file
 
 
 def _one_line(text: str) -> str:
@@ -366,13 +499,13 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_data(args: argparse.Namespace) -> int:
     """Without ``--download`` every split must be there: a missing file, or a directory in its place, is a
     one-line error naming the file (exit 2)."""
-    from gru_lib.data import SPLITS, data_command, default_data_dir
+    from gru_lib.data import SPLITS, data_command, default_data_dir, refuse_non_file
 
     root = Path(args.data_dir).expanduser() if args.data_dir is not None else default_data_dir()
     for split in SPLITS:
         path = root / "ag_news" / f"{split}.csv"
-        if path.exists() and not path.is_file():
-            raise DataError(f"{path}: not a file (a directory or a device), expected the {split} split's CSV")
+        if not path.is_file():
+            refuse_non_file(path)  # a directory, a symlink loop, a device: not "missing"
         if not path.exists() and not args.download:
             raise DataError(f"{path}: missing (pass --download to fetch the {split} split)")
     return data_command(args.data_dir, download=args.download)
@@ -406,7 +539,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backends", default=None, help="comma-separated (default: all; with --peers: "
                         f"{','.join(peers.PEERS)})")
     parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; medians (default 5)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's); "
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch threads (default: torch's); "
                         "with --peers every runtime's intra-op threads")
     parser.add_argument("--memory", choices=("none", "base", "all"), default=None,
                         help="peak-memory probes: none, the base shape only (default), every shape")
@@ -447,6 +580,19 @@ def _peer_names(text: str | None) -> list[str]:
     return ["nn.GRU"] + [n for n in dict.fromkeys(names) if n != "nn.GRU"]
 
 
+def _check_peer_memory(shape: Shape) -> None:
+    """Refuse a ``--shape`` whose tensors (forward + backward: :func:`gru_lib.peers.shape_bytes`) would not
+    fit in the memory available, naming the shape and the bytes, before anything is allocated."""
+    from gru_lib.peers import memory_shortfall
+
+    short = memory_shortfall(shape, "fwd+bwd")
+    if short is not None:
+        needed, available = short
+        raise GruLibError(f"--shape {shape.batch},{shape.steps},{shape.input_size},{shape.hidden}: needs at least "
+                          f"{needed:,} bytes ({needed / 2**30:,.1f} GiB) for inputs, outputs and weights, "
+                          f"{available:,} bytes ({available / 2**30:,.1f} GiB) available")
+
+
 def _run_bench_peers(args: argparse.Namespace) -> int:
     """``bench --peers``: check and time the peers (:mod:`gru_lib.peers`); a table, or JSON with ``--json``."""
     import torch
@@ -463,6 +609,8 @@ def _run_bench_peers(args: argparse.Namespace) -> int:
     bad = [s for s in args.shape or [] if len(s) != 4]
     if bad:
         raise GruLibError(f"--shape {','.join(map(str, bad[0]))}: expected B,T,D,H (4 integers)")
+    for shape in args.shape or []:
+        _check_peer_memory(Shape(*shape))
     names = _peer_names(args.backends)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -523,15 +671,53 @@ def _load_any_classifier(path: str | None) -> tuple[Any, Any, Any]:
     return model.eval(), vocab, config
 
 
-def _check_export_out(out: str, force: bool) -> Path:
-    """``--out``: a file path whose directory exists; an existing file only with ``--force``."""
+def _export_reads(args: argparse.Namespace) -> list[Path]:
+    """The files ``export`` reads: the model (``--checkpoint``, a run directory's checkpoint.pt, or the shipped
+    model) and, with ``--data``, the test split."""
+    from gru_lib.checkpoint import checkpoint_path
+    from gru_lib.shipped import DEFAULT_MODEL
+
+    given = Path(args.checkpoint).expanduser() if args.checkpoint is not None else DEFAULT_MODEL
+    reads = [checkpoint_path(given) if given.is_dir() else given]
+    if args.data is not None:
+        reads.append(Path(args.data).expanduser() / "ag_news" / "test.csv")
+    return reads
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file: the same path once symlinks and ``..`` are resolved, or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
+def _missing_parent(flag: str, value: str, parent: Path) -> GruLibError:
+    """The error for an output whose directory is not there: its nearest existing part is a file, or the
+    directory does not exist."""
+    for part in (parent, *parent.parents):
+        if part.exists():
+            if not part.is_dir():
+                return GruLibError(f"{flag} {value}: {part} is not a directory")
+            break
+    return GruLibError(f"{flag} {value}: the directory {parent} does not exist")
+
+
+def _check_export_out(out: str, force: bool, reads: Sequence[Path] = ()) -> Path:
+    """``--out``: a file path whose directory exists, never one of the files the command ``reads`` (not even
+    with ``--force``: the model may be its only copy); an existing file only with ``--force``."""
     path = Path(out).expanduser()
     if not out.strip() or path.is_dir():
         raise GruLibError(f"--out {out}: is a directory or empty (name the .onnx file to write)")
+    for read in reads:
+        if _same_file(path, read):
+            raise GruLibError(f"--out {out}: is {read}, which export reads (choose another --out; an input is "
+                              "never overwritten)")
     if path.exists() and not force:
         raise GruLibError(f"--out {out}: exists (pass --force to overwrite it)")
     if not path.parent.is_dir():
-        raise GruLibError(f"--out {out}: the directory {path.parent} does not exist")
+        raise _missing_parent("--out", out, path.parent)
     return path
 
 
@@ -552,7 +738,7 @@ def _export_sample(args: argparse.Namespace, vocab: Any, config: Any) -> tuple[l
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    out = _check_export_out(args.out, args.force)
+    out = _check_export_out(args.out, args.force, _export_reads(args))
     from gru_lib.export import REQUIRED, check_onnx_classifier, export_classifier, missing_packages
 
     if missing_packages():
@@ -560,13 +746,9 @@ def _run_export(args: argparse.Namespace) -> int:
                           f"make peers, or pip install {' '.join(REQUIRED)}")
     model, vocab, config = _load_any_classifier(args.checkpoint)
     ids, what = _export_sample(args, vocab, config)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_output(out) as tmp:  # checked before it replaces --out; an interrupt leaves --out as it was
         export_classifier(model, tmp)
         check = check_onnx_classifier(tmp, model, ids, pad_index=vocab.pad_index)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size:,} bytes); ONNX Runtime vs PyTorch on {check['rows']:,} {what}: "
           f"max |logit difference| {check['max_abs_diff']:.3g}, same prediction on "
           f"{check['same_predictions']:,}")
@@ -575,11 +757,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def bench_classifier_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """The arguments of ``python -m gru_lib.bench_classifier`` (see that module)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m gru_lib.bench_classifier", description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=thread_count, default=2)
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
 
@@ -613,7 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         isa.selected()  # a GRU_LIB_ISA this CPU cannot run is refused before any work starts
-        return int(args.func(args) or 0)
+        with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no temporary or half-written file
+            return int(args.func(args) or 0)
     except GruLibError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -622,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # the one place OS errors become words (gru_lib.errors.describe_os_error)
         print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (gru_lib.atomic.Terminated): 128 + the signal
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print("error: interrupted" if signum == signal.SIGINT else f"error: stopped by {signal.Signals(signum).name}",
+              file=sys.stderr)
+        return 128 + signum

@@ -20,7 +20,7 @@ from gru_lib.precision import PRECISIONS
 
 __all__ = [
     "BACKENDS", "POOLINGS", "SCHEDULES", "EMBEDDING_INITS", "MODEL_FIELDS", "ModelConfig", "TrainConfig",
-    "parse_pooling", "setting",
+    "parse_pooling", "setting", "check_types",
 ]
 
 BACKENDS: tuple[str, ...] = ("torch", "gru_lib", "fast", "mingru", "rnn", "lstm")
@@ -79,6 +79,23 @@ MODEL_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Mode
 
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 EMBEDDING_INITS: tuple[str, ...] = ("ppmi", "random")
+
+
+# What a setting read from a file may hold, by its annotation: bool is no number here, an int is a float.
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                                       "int | None": (int, type(None))}
+
+
+def check_types(cls: type, values: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first value of ``values`` whose type does not fit ``cls``'s field
+    of that name (``max_len: 3.5``, ``epochs: "2"``, ``bidirectional: 1``); names that are not fields are left
+    to the caller. Settings read from a checkpoint or a shipped model are checked this way before use."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.type not in _KINDS:
+            continue
+        value, kinds = values[f.name], _KINDS[f.type]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"setting {f.name!r}: expected {f.type}, got {type(value).__name__} {value!r:.40}")
 
 
 def _raise_first_failure(what: str, checks: list[tuple[bool, str]]) -> None:
@@ -162,6 +179,8 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}")
+        check_types(cls, values)
+        check_types(ModelConfig, values if not isinstance(values.get("model"), dict) else values["model"])
         return cls(**values)
 
 

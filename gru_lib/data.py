@@ -25,7 +25,6 @@ import http.client
 import io
 import os
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -35,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gru_lib.atomic import atomic_output
 from gru_lib.errors import DataError, os_error_reason
 
 __all__ = [
@@ -50,8 +50,7 @@ __all__ = [
     "read_ag_news_csv",
     "load_ag_news",
     "describe_ag_news",
-    "data_command",
-]
+    "data_command", "refuse_non_file"]
 
 CLASSES: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -166,12 +165,10 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
     from tqdm import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
-    tmp = Path(handle.name)
     received, total, started = 0, None, time.monotonic()
     try:
-        with handle:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+        with atomic_output(target) as tmp:  # renamed onto target only once the checks below pass
+            with open(tmp, "wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:
                 declared = response.headers.get("Content-Length")
                 total = int(declared) if declared and declared.isdigit() else None
                 digest = hashlib.md5()
@@ -186,14 +183,14 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
-        if total is not None and received != total:
-            raise DataError(f"download of {url} was cut short: got {received:,} of {total:,} bytes; nothing was kept")
-        actual = digest.hexdigest()
-        if actual != md5:
-            raise DataError(
-                f"checksum mismatch for {url}: md5 {actual}, expected {md5}; the downloaded file was deleted"
-            )
-        os.replace(tmp, target)
+            if total is not None and received != total:
+                raise DataError(f"download of {url} was cut short: got {received:,} of {total:,} bytes; "
+                                "nothing was kept")
+            actual = digest.hexdigest()
+            if actual != md5:
+                raise DataError(
+                    f"checksum mismatch for {url}: md5 {actual}, expected {md5}; the downloaded file was deleted"
+                )
     except urllib.error.HTTPError as error:
         raise DataError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
     except http.client.IncompleteRead as error:
@@ -205,8 +202,6 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as error:
         reason = getattr(error, "reason", None) or error
         raise DataError(f"could not download {url} ({reason})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def ensure_ag_news(
@@ -236,6 +231,7 @@ def ensure_ag_news(
         target = ag_dir / f"{split}.csv"
         if target.is_file():
             continue
+        refuse_non_file(target)
         if not download:
             raise DataError(f"{target}: file not found; {_where_to_put(ag_dir, base)}")
         try:
@@ -247,6 +243,21 @@ def ensure_ag_news(
             reason = os_error_reason(error)
             raise DataError(f"{target}: cannot write ({reason}); {_where_to_put(ag_dir, base)}") from None
     return ag_dir
+
+
+def refuse_non_file(target: Path) -> None:
+    """Raise :class:`DataError` when ``target`` exists (or is a link) but is no regular file. A split's path that exists but is no file (a directory, a symlink loop, a broken symlink, a device)
+    is the user's to fix: say what it is, never "not found" with a download hint (a download would fail to
+    replace it, or replace what a link points to)."""
+    if target.is_symlink() and not target.exists():
+        try:
+            target.stat()
+        except OSError as error:
+            raise DataError(f"{target}: a symbolic link that cannot be followed ({os_error_reason(error)})") from None
+    if target.is_dir():
+        raise DataError(f"{target}: is a directory, expected the CSV file of the split")
+    if target.exists():
+        raise DataError(f"{target}: not a regular file, expected the CSV file of the split")
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -365,8 +376,8 @@ def data_command(data_dir: str | Path | None = None, *, download: bool = False) 
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     for split in SPLITS:
         path = root / "ag_news" / f"{split}.csv"
-        if path.exists() and not path.is_file():
-            raise DataError(f"{path}: not a file (a directory or a device), expected the {split} split's CSV")
+        if not path.is_file():
+            refuse_non_file(path)
     info = describe_ag_news(data_dir, download=download)
     for item in info.values():
         classes = ", ".join(f"{name} {n:,}" for name, n in zip(CLASSES, item.per_class))

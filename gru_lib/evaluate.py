@@ -117,7 +117,8 @@ def classifier_from_record(record: dict[str, Any], weights: dict[str, Tensor], p
         config = TrainConfig.from_dict(record["train_config"])
         with torch.device("meta"):
             skeleton = NewsClassifier(**record["model_config"])
-    except (ValueError, TypeError, RuntimeError, OverflowError, GruLibError) as error:
+    except (ValueError, TypeError, RuntimeError, OverflowError, AssertionError, IndexError, GruLibError) as error:
+        # AssertionError: nn.Embedding's own check of padding_idx (outside the embedding's rows)
         raise CheckpointError(f"{path}: incompatible configuration ({error})") from None
     if skeleton.embedding.num_embeddings != len(vocab):
         raise CheckpointError(f"{path}: the vocabulary has {len(vocab)} tokens but the embedding "
@@ -134,14 +135,18 @@ def classifier_from_record(record: dict[str, Any], weights: dict[str, Tensor], p
 def load_classifier(
     model_dir: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[NewsClassifier, Vocab, TrainConfig, dict[str, Any]]:
-    """The trained classifier of a ``train --out`` directory: (model in eval mode, vocab, config, checkpoint).
-    The checkpoint is read onto the CPU and checked there, so a device mistake is never blamed on the file."""
+    """The trained classifier of a ``train --out`` directory, or of one of its checkpoint files: (model in
+    eval mode, vocab, config, checkpoint). The checkpoint is read onto the CPU and checked there, so a device
+    mistake is never blamed on the file."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: not a directory (expected the --out directory of `train`)")
+    if not model_dir.exists():
+        raise CheckpointError(f"{model_dir}: no such file or directory (expected the --out directory of `train`)")
+    if not model_dir.is_dir() and not model_dir.is_file():
+        raise CheckpointError(f"{model_dir}: neither a directory nor a file (expected the --out directory of "
+                              "`train`)")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise GruLibError(f"device {str(device)!r}: CUDA is not available on this machine")
-    path = checkpoint_path(model_dir)
+    path = checkpoint_path(model_dir) if model_dir.is_dir() else model_dir
     state = load_checkpoint(path, map_location="cpu")
     model, vocab, config = classifier_from_record(state, state["model"], path)
     return model.to(device).eval(), vocab, config, state

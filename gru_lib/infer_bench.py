@@ -17,8 +17,10 @@ import argparse
 import ctypes
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from gru_lib import inference, isa
+from gru_lib.cli import OneLineParser, positive_float, positive_int, thread_count
 from gru_lib.fast import fast_gru_scan
 
 # ---- The bound: one core's L2 read bandwidth and FMA peak, from a small C program ----
@@ -224,26 +227,35 @@ def _first(result: object) -> object:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags of ``python -m gru_lib.infer_bench``; a size, count or budget out of range is a one-line
+    usage error (exit 2) naming the flag (:class:`gru_lib.cli.OneLineParser` and its argparse types)."""
+    parser = OneLineParser(prog="python -m gru_lib.infer_bench", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["bound", "compare"])
-    parser.add_argument("-B", "--batch", type=int, default=1)
-    parser.add_argument("-T", "--steps", type=int, default=512)
-    parser.add_argument("-D", "--inputs", type=int, default=128)
-    parser.add_argument("-H", "--hidden", type=int, default=256)
-    parser.add_argument("-n", "--threads", type=int, default=1)
-    parser.add_argument("-r", "--rounds", type=int, default=15)
+    parser.add_argument("-B", "--batch", type=positive_int, default=1)
+    parser.add_argument("-T", "--steps", type=positive_int, default=512)
+    parser.add_argument("-D", "--inputs", type=positive_int, default=128)
+    parser.add_argument("-H", "--hidden", type=positive_int, default=256)
+    parser.add_argument("-n", "--threads", type=thread_count, default=1)
+    parser.add_argument("-r", "--rounds", type=positive_int, default=15)
     parser.add_argument("--no-runtimes", action="store_true", help="skip ONNX Runtime and OpenVINO")
     parser.add_argument("--variants", action="store_true", help="also the kernel with mode rows and cols")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    parser.add_argument("--budget", type=float, default=25.0, help="seconds of timed rounds at most")
-    args = parser.parse_args()
+    parser.add_argument("--budget", type=positive_float, default=25.0, help="seconds of timed rounds at most")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bound`` or ``compare``; 0 when done (usage mistakes exit 2 while parsing)."""
+    args = parse_args(argv)
     if args.what == "bound":
         bound(args.hidden, args.rounds)
     else:
         compare(args.batch, args.steps, args.threads, args.rounds, args.inputs, args.hidden, not args.no_runtimes,
                 args.variants, args.clock, args.budget)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,9 +27,11 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import importlib.util
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,8 @@ from gru_lib.bench import Shape, time_interleaved
 __all__ = ["PEERS", "TOLERANCE", "ONNX_ORDER", "DEFAULT_FORWARD", "DEFAULT_BACKWARD", "reorder_gates",
            "onnx_gru_tensors", "onnx_gru_model", "ort_runner", "openvino_runner", "missing_peer_note",
            "Peer", "make_peer", "openvino_layer_types", "check_peers", "bench_peer_shape", "bench_peers",
-           "peer_versions", "format_peer_table"]
+           "peer_versions", "format_peer_table", "shape_bytes", "available_memory",
+           "memory_shortfall"]
 
 PEERS: tuple[str, ...] = ("nn.GRU", "FastGRU", "onnxruntime", "openvino")
 INFERENCE_ONLY: tuple[str, ...] = ("onnxruntime", "openvino")
@@ -242,6 +245,50 @@ def check_peers(peers: Sequence[Peer], reference: Tensor, tolerance: float = TOL
 
 
 # ---------------------------------------------------------------------------------------------------- bench
+
+
+def shape_bytes(shape: Shape, mode: str = "fwd") -> int:
+    """A lower bound on the bytes benching ``shape`` in ``mode`` allocates at once: the input (T, B, D) and
+    output (T, B, H) and the weights, each in float32 and again in float64 (the reference); forward + backward
+    adds the gates kept for backward (T, B, 3H) and the input's gradient (T, B, D), in float32."""
+    rows, d, h = shape.steps * shape.batch, shape.input_size, shape.hidden
+    weights = 3 * h * (d + h) + 6 * h
+    total = (4 + 8) * (rows * (d + h) + weights)
+    if mode != "fwd":
+        total += 4 * rows * (3 * h + d)
+    return total
+
+
+def available_memory() -> int | None:
+    """The bytes this process can still allocate: /proc/meminfo's MemAvailable (else the physical memory),
+    capped by a cgroup v2 ``memory.max`` when one is set; None where neither can be read."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(max(0, int(limit) - int(used)))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def memory_shortfall(shape: Shape, mode: str = "fwd") -> tuple[int, int] | None:
+    """``(bytes needed, bytes available)`` when :func:`shape_bytes` of ``shape`` exceeds
+    :func:`available_memory` (check before allocating anything), else None (it fits, or memory is unknown)."""
+    available = available_memory()
+    needed = shape_bytes(shape, mode)
+    return (needed, available) if available is not None and needed > available else None
 
 
 def _layer_and_input(shape: Shape) -> tuple[nn.GRU, Tensor]:

@@ -28,6 +28,7 @@ import hashlib
 import html
 import html.entities
 import json
+import math
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gru_lib.atomic import atomic_write
 from gru_lib.config import TrainConfig
 from gru_lib.errors import CheckpointError, GruLibError
 from gru_lib.models import NewsClassifier
@@ -62,7 +64,8 @@ _HEADER_KEYS = ("classes", "model_config", "train_config", "vocab", "record", "t
 
 def write_shipped(path: str | Path, model: NewsClassifier, vocab: Vocab, config: TrainConfig,
                   record: dict[str, Any]) -> None:
-    """Write ``model`` (its ``state_dict`` as float32), its vocabulary, configuration and ``record``."""
+    """Write ``model`` (its ``state_dict`` as float32), its vocabulary, configuration and ``record``, atomically
+    (:func:`gru_lib.atomic.atomic_write`: ``path`` holds the previous file or the new one, never part of it)."""
     from gru_lib.data import CLASSES
 
     tensors, chunks, offset = [], [], 0
@@ -74,10 +77,7 @@ def write_shipped(path: str | Path, model: NewsClassifier, vocab: Vocab, config:
     header = {"format": FORMAT, "version": VERSION, "classes": list(CLASSES), "model_config": model.config(),
               "train_config": config.to_dict(), "vocab": vocab.to_dict(), "record": record, "tensors": tensors}
     blob = json.dumps(header, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(MAGIC + struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
-    tmp.replace(path)
+    atomic_write(path, MAGIC + struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
 
 
 def _split_file(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -97,6 +97,8 @@ def _split_file(path: Path) -> tuple[dict[str, Any], bytes]:
         header = json.loads(raw[16 : 16 + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: the header is not valid JSON ({error})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: the header's JSON is nested too deeply to be a gru_lib model") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     if header.get("version") != VERSION:
@@ -127,8 +129,8 @@ def _tensor_arrays(path: Path, entries: Any, data: bytes) -> dict[str, np.ndarra
     for entry in entries:
         try:
             name, shape, start, nbytes = entry["name"], entry["shape"], entry["offset"], entry["nbytes"]
-            count = int(np.prod(shape, dtype=np.int64))
-            valid = isinstance(name, str) and all(isinstance(d, int) and d >= 0 for d in shape)
+            valid = isinstance(name, str) and all(type(d) is int and d >= 0 for d in shape)
+            count = math.prod(shape) if valid else -1  # exact: a product of int64s could wrap around
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: malformed tensor entry {str(entry)[:80]}") from None
         if not valid or start != offset or nbytes != 4 * count or start + nbytes > len(data) or name in arrays:
@@ -245,7 +247,7 @@ def export_run(run_dir: str | Path, out: str | Path = DEFAULT_MODEL, *, data_dir
         if not torch.equal(shipped.state_dict()[name], value.float()):
             raise GruLibError(f"{out}: tensor {name} does not read back equal to the trained one")
     facts = {"file": out.name, "bytes": out.stat().st_size, "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
-    out.with_suffix(".json").write_text(json.dumps({**facts, **record}, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out.with_suffix(".json"), json.dumps({**facts, **record}, indent=2) + "\n")
     if site_dir is not None:
         write_site_files(site_dir, out)
     return record
@@ -277,8 +279,9 @@ def entities_js() -> str:
 
 
 def write_site_files(site_dir: str | Path, path: str | Path = DEFAULT_MODEL) -> None:
-    """Write ``model.js`` and ``html_entities.js`` into ``site_dir`` (the page's folder, book/_static/try_it)."""
+    """Write ``model.js`` and ``html_entities.js`` into ``site_dir`` (the page's folder, book/_static/try_it),
+    each atomically."""
     site_dir = Path(site_dir)
     site_dir.mkdir(parents=True, exist_ok=True)
-    (site_dir / "model.js").write_text(model_js(path), encoding="ascii")
-    (site_dir / "html_entities.js").write_text(entities_js(), encoding="ascii")
+    atomic_write(site_dir / "model.js", model_js(path), encoding="ascii")
+    atomic_write(site_dir / "html_entities.js", entities_js(), encoding="ascii")

@@ -185,7 +185,10 @@ class Vocab:
         return cls(itos, specials)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+        """Write :meth:`to_dict` as JSON, atomically (:func:`gru_lib.atomic.atomic_write`)."""
+        from gru_lib.atomic import atomic_write
+
+        atomic_write(Path(path), json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,87 @@ def test_load_study_names_a_bad_file(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(GruLibError, match="other.json: not an ablation study"):
         load_study(tmp_path / "other.json")
+
+
+# --------------------------------------------------------------------------------- no data loss: --out, failures
+
+
+@pytest.mark.parametrize("where, force, words", [
+    ("dir", True, ["is a directory"]),
+    ("dir", False, ["is a directory"]),
+    ("file/a.json", True, ["file is not a directory"]),
+    ("file/sub/a.json", False, ["file is not a directory"]),
+])
+def test_an_out_that_cannot_be_written_is_refused_before_training(
+    where: str, force: bool, words: list[str], data_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gru_lib.ablation
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "keep.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    monkeypatch.setattr(gru_lib.ablation, "run_study", lambda *a, **k: pytest.fail("the study started"))
+    out = tmp_path / where
+    _refused(capsys, ["--out", str(out), "--data", str(data_dir), *(["--force"] if force else []), *TINY],
+             f"--out {out}", *words)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["dir", "dir/keep.txt", "file"]
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_stopped_or_failed_study_leaves_no_temporary_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import gru_lib.ablation
+
+    out = tmp_path / "ablation.json"
+
+    def stopped_study(*args: object, save: typing.Callable[[dict], None], **kwargs: object) -> dict:
+        save({"runs": [], "baselines": [], "rows": {}, "complete": False})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gru_lib.ablation, "run_study", stopped_study)
+    assert main(["--out", str(out), "--data", str(tmp_path), *TINY]) == 130
+    assert capsys.readouterr().err.startswith(f"stopped: {out} holds the runs finished so far")
+    assert json.loads(out.read_text())["complete"] is False and [p.name for p in tmp_path.iterdir()] == [out.name]
+    before = out.read_bytes()
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gru_lib.ablation, "run_study", lambda *a, save, **k: save({"runs": [1]}))
+    monkeypatch.setattr("os.replace", full_disk)
+    assert main(["--out", str(out), "--data", str(tmp_path), "--force", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: python -m gru_lib.ablation:") and str(out) in err and err.count("\n") == 1, err
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--seeds", "-1"], ["--seeds", ">= 0", "'-1'"]),
+    (["--seeds", "0", str(2**32)], ["--seeds", "<= 4294967295"]),
+    (["--grid", "nan"], ["--grid", "finite", "'nan'"]),
+    (["--grid", "1", "inf"], ["--grid", "finite", "'inf'"]),
+    (["--grid", "0"], ["--grid", "> 0", "'0'"]),
+    (["--grid", "1", "-2.5"], ["--grid", "> 0", "'-2.5'"]),
+    (["--jobs", "99999999999"], ["--jobs", "<= 256"]),
+    (["--jobs", "0"], ["--jobs", ">= 1"]),
+    (["--val-fraction", "2"], ["--val-fraction", "(0, 1)", "'2'"]),
+    (["--val-fraction", "nan"], ["--val-fraction", "'nan'"]),
+    (["--threads", "99999999999999999999"], ["--threads", "<= 4096"]),
+    (["--threads", str(10**12)], ["--threads", "<= 4096"]),
+])
+def test_absurd_values_are_refused_before_anything_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flags: list[str],
+    words: list[str]
+) -> None:
+    import gru_lib.ablation
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the study started: the flags were not checked first")
+
+    monkeypatch.setattr(gru_lib.ablation, "run_study", never)
+    _refused(capsys, ["--out", str(tmp_path / "a.json"), *flags], *words)
+    assert not (tmp_path / "a.json").exists()

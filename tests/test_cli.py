@@ -92,7 +92,7 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_bad_directories(tmp_path: Path, data_dir: Path, trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(data_dir)]) == 2
-    assert "nope: not a directory" in _error_line(capsys)
+    assert "nope: no such file or directory" in _error_line(capsys)  # missing: not "not a directory"
     assert main(["evaluate", "--model", str(tmp_path), "--data", str(data_dir)]) == 2
     assert "checkpoint.pt: checkpoint not found" in _error_line(capsys)
     assert main(["evaluate", "--model", str(trained), "--data", str(tmp_path / "missing")]) == 2

@@ -377,7 +377,7 @@ def test_data_refuses_a_missing_split_and_a_directory(tmp_path: Path, capsys: py
     _refused(capsys, ["data", "--data-dir", str(tmp_path)], str(tmp_path / "ag_news" / "train.csv"), "missing",
              "--download")
     (tmp_path / "ag_news" / "train.csv").mkdir()
-    _refused(capsys, ["data", "--data-dir", str(tmp_path)], str(tmp_path / "ag_news" / "train.csv"), "not a file")
+    _refused(capsys, ["data", "--data-dir", str(tmp_path)], str(tmp_path / "ag_news" / "train.csv"), "is a directory")
 
 
 @pytest.mark.parametrize("url,words", [("not a url", "expected http://"), ("http://[::1", "Invalid IPv6 URL")])
@@ -513,3 +513,118 @@ def test_an_instruction_set_the_cpu_lacks_is_refused_in_one_line(monkeypatch: py
     monkeypatch.setenv("GRU_LIB_ISA", "avx2")
     _refused(capsys, ["predict", "Stocks rally as oil prices fall"], "GRU_LIB_ISA=avx2", "cannot run",
              "portable")
+
+
+# ------------------------------------------------------------- 5. absurd values, odd bytes and texts that look like flags
+
+
+HUGE_THREADS = ["99999999999999999999", str(10**12), "4097"]
+THREAD_COMMANDS = [["train", "--out", "X"], ["bench"], ["bench", "--peers"]]
+
+
+@pytest.mark.parametrize("value", HUGE_THREADS)
+@pytest.mark.parametrize("command", THREAD_COMMANDS, ids=" ".join)
+def test_an_absurd_thread_count_is_refused_on_every_command(command: list[str], value: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.set_num_threads overflows on huge values: --threads is bounded (MAX_THREADS) while parsing."""
+    argv = [str(tmp_path / "x") if a == "X" else a for a in command]
+    _refused(capsys, [*argv, "--threads", value], "--threads", "<= 4096", value)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags,words", [(["--threads", "99999999999999999999"], ["--threads", "<= 4096"]),
+                                         (["--threads", "0"], ["--threads", ">= 1"]),
+                                         (["--seeds", "-1"], ["--seeds", ">= 0"])])
+def test_bench_classifier_refuses_absurd_flags_in_one_line(flags: list[str], words: list[str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from gru_lib.cli import bench_classifier_args
+
+    with pytest.raises(SystemExit) as stop:
+        bench_classifier_args(["--out", str(tmp_path / "x"), *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert all(word in err for word in words), err
+
+
+def test_a_thread_count_up_to_the_bound_is_accepted() -> None:
+    from gru_lib.cli import MAX_THREADS, thread_count
+
+    assert thread_count(str(MAX_THREADS)) == MAX_THREADS and thread_count("1") == 1
+
+
+def test_a_peer_shape_too_large_for_memory_is_refused_before_allocating(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gru_lib import peers
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("bench_peers ran: the shape was not checked before allocating")
+
+    monkeypatch.setattr(peers, "bench_peers", never)
+    line = _refused(capsys, ["bench", "--peers", "--shape", "100000,100000,128,256"],
+                    "--shape 100000,100000,128,256", "bytes", "available")
+    assert f"{peers.shape_bytes(peers.Shape(100000, 100000, 128, 256), 'fwd+bwd'):,}" in line
+
+
+def test_peer_shapes_are_measured_against_the_memory_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gru_lib import peers
+
+    shape = peers.Shape(64, 64, 128, 256)
+    assert peers.shape_bytes(shape, "fwd+bwd") > peers.shape_bytes(shape) > 12 * 64 * 64 * (128 + 256)
+    assert peers.memory_shortfall(shape) is None  # the default shape fits on any machine that runs the tests
+    monkeypatch.setattr(peers, "available_memory", lambda: 1000)
+    assert peers.memory_shortfall(shape) == (peers.shape_bytes(shape), 1000)
+    monkeypatch.setattr(peers, "available_memory", lambda: None)  # unknown: not refused
+    assert peers.memory_shortfall(shape) is None
+
+
+def _predict(args: list[bytes | str], **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m gru_lib predict ARGS`` (the shipped model) in a subprocess, stdout and stderr as bytes."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "gru_lib", "predict", *args], capture_output=True, cwd=ROOT,
+                          env=environ, timeout=300)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_predict_writes_to_a_stdout_that_cannot_encode_the_text(encoding: str) -> None:
+    """Characters the stream cannot hold come out as backslash escapes: one line per text, exit 0."""
+    done = _predict(["café au lait", "東京 stocks rally"], PYTHONIOENCODING=encoding)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.decode(encoding).splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines), lines
+    assert lines[1].endswith("\\u6771\\u4eac stocks rally"), lines
+
+
+@pytest.mark.subprocess
+def test_invalid_utf8_on_the_command_line_is_refused_naming_the_text() -> None:
+    done = _predict([b"stocks rally", b"\xff\xfe"], PYTHONIOENCODING="utf-8")
+    err = done.stderr.decode("utf-8", "backslashreplace")
+    assert done.returncode == 2 and done.stdout == b"", (done.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("error: TEXT 2: not valid UTF-8 (byte 0xff"), err
+
+
+def test_invalid_utf8_is_refused_before_loading_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(capsys, ["predict", "--model", str(tmp_path / "none"), "ok", "caf\udce9"], "TEXT 2", "UTF-8", "0xe9")
+
+
+@pytest.mark.parametrize("argv", [["predict", "-5%"], ["predict", "-drop"], ["predict", "stocks rally", "-5%"],
+                                  ["predict", "--model", "M", "-5%"]])
+def test_a_text_starting_with_a_dash_gets_the_hint_to_put_double_dash_before_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused(capsys, argv, "put -- before it", repr(argv[-1]))
+    assert "M" not in line.split(";")[1]  # the hint names the text, not the value of --model
+
+
+def test_a_headline_starting_with_a_dash_is_classified_or_gets_the_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse reads "-5% drop in sales" (a space in it) as a TEXT on some Python versions and as a flag on
+    others: classified, or refused with the hint; after -- it is always classified."""
+    try:
+        status = main(["predict", "-5% drop in sales"])
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    assert (status == 0 and out.endswith("\t-5% drop in sales\n")) or (status == 2 and "put -- before" in err), err
+    assert main(["predict", "--", "-5% drop in sales"]) == 0
+    assert capsys.readouterr().out.endswith("\t-5% drop in sales\n")

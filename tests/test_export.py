@@ -5,6 +5,10 @@ two-layer models of every GRU backend. Exports take seconds each, so each model 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +176,8 @@ def test_export_command_takes_a_run_directory_or_its_checkpoint(tmp_path: Path,
 @pytest.mark.parametrize("argv,words", [
     (["export", "--out", "DIR"], ["--out", "is a directory"]),
     (["export", "--out", "DIR/missing/m.onnx"], ["--out", "does not exist"]),
+    (["export", "--out", "DIR/junk.bin/m.onnx"], ["--out", "junk.bin is not a directory"]),
+    (["export", "--out", "DIR/junk.bin/sub/m.onnx"], ["--out", "junk.bin is not a directory"]),
     (["export", "--out", "DIR/m.onnx", "--checkpoint", "DIR/nope"], ["--checkpoint", "no such file"]),
     (["export", "--out", "DIR/m.onnx", "--checkpoint", "DIR/junk.bin"], ["junk.bin"]),
     (["export", "--out", "DIR/m.onnx", "--check-rows", "0"], ["--check-rows", "must be >= 1"]),
@@ -189,3 +195,99 @@ def test_export_misuse_is_one_line(argv: list[str], words: list[str], tmp_path: 
     assert status == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert all(word in err for word in words), err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------------- no data loss: interrupts, inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_checkpoint(run_dir: Path) -> Path:
+    from gru_lib.checkpoint import save_checkpoint
+
+    _, vocab, config, _ = load_shipped()
+    torch.manual_seed(0)
+    model = NewsClassifier(len(vocab), embed_dim=4, hidden_size=3).eval()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config(), "vocab": vocab.to_dict(),
+                     "train_config": config.to_dict()}, run_dir / "checkpoint.pt")
+    return run_dir / "checkpoint.pt"
+
+
+def test_ctrl_c_while_exporting_leaves_the_old_file_and_the_users_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import gru_lib.export
+
+    out, users = tmp_path / "a.onnx", tmp_path / ".a.onnx.tmp"  # the user's file has the old temporary name
+    out.write_bytes(b"the previous export")
+    users.write_bytes(b"the user's own file")
+
+    def torn_export(model: NewsClassifier, path: str | Path, **_: object) -> Path:
+        Path(path).write_bytes(b"half an ONNX file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gru_lib.export, "export_classifier", torn_export)
+    assert main(["export", "--out", str(out), "--force", "--check-rows", "5"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+    assert out.read_bytes() == b"the previous export" and users.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.onnx.tmp", "a.onnx"]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sigterm_while_exporting_leaves_no_file_and_no_temporary_file(tmp_path: Path) -> None:
+    """The real command line, sent SIGTERM once its temporary file exists (the exporter runs for seconds)."""
+    users = tmp_path / ".a.onnx.tmp"
+    users.write_bytes(b"the user's own file")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "gru_lib", "export", "--out", "a.onnx", "--check-rows", "5"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".a.onnx.") and p != users]:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"export ended (status {process.returncode}) before it began writing: {process.stderr.read()}")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err == "error: stopped by SIGTERM\n"
+    assert [p.name for p in tmp_path.iterdir()] == [".a.onnx.tmp"] and users.read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("out", ["CKPT", "RUN/./checkpoint.pt", "LINK", "RUN/../run/checkpoint.pt"])
+@pytest.mark.parametrize("given", ["file", "directory"])
+def test_export_never_overwrites_its_checkpoint(out: str, given: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import gru_lib.export
+
+    checkpoint = _tiny_checkpoint(tmp_path / "run")
+    before = checkpoint.read_bytes()
+    (tmp_path / "link.pt").symlink_to(checkpoint)
+    out = (out.replace("CKPT", str(checkpoint)).replace("LINK", str(tmp_path / "link.pt"))
+           .replace("RUN", str(tmp_path / "run")))
+    monkeypatch.setattr(gru_lib.export, "export_classifier", lambda *a, **k: pytest.fail("export started"))
+    source = str(checkpoint if given == "file" else checkpoint.parent)
+    assert main(["export", "--checkpoint", source, "--out", out, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: is ") and "which export reads" in err and err.count("\n") == 1, err
+    assert checkpoint.read_bytes() == before and (tmp_path / "link.pt").is_symlink()
+
+
+def test_export_never_overwrites_the_shipped_model_or_its_data(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import gru_lib.export
+    from gru_lib.shipped import DEFAULT_MODEL
+
+    from synthetic_news import write_ag_news
+
+    data = write_ag_news(tmp_path / "data", 8, 8)
+    test_csv = data / "ag_news" / "test.csv"
+    before = DEFAULT_MODEL.read_bytes(), test_csv.read_bytes()
+    monkeypatch.setattr(gru_lib.export, "export_classifier", lambda *a, **k: pytest.fail("export started"))
+    assert main(["export", "--out", str(DEFAULT_MODEL), "--force"]) == 2  # the default --checkpoint
+    assert "which export reads" in capsys.readouterr().err
+    assert main(["export", "--data", str(data), "--out", str(test_csv), "--force"]) == 2
+    assert "which export reads" in capsys.readouterr().err
+    assert (DEFAULT_MODEL.read_bytes(), test_csv.read_bytes()) == before

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lib import peers
+from gru_lib import isa, peers
 from gru_lib.bench import Shape
 from gru_lib.cli import main
 from gru_lib.peers import (bench_peer_shape, bench_peers, check_peers, make_peer, missing_peer_note, onnx_gru_tensors,
@@ -107,7 +107,7 @@ def test_bench_peers_prints_json(capsys: pytest.CaptureFixture[str], restore_thr
             "--backends", "onnxruntime"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["threads"] == 1 and "onnxruntime" in result["versions"]
+    assert result["threads"] == 1 and "onnxruntime" in result["versions"] and result["machine"] == isa.describe()
     assert {(r["mode"], r["peer"]) for r in result["rows"]} == {("fwd", "nn.GRU"), ("fwd", "onnxruntime"),
                                                                 ("fwd+bwd", "nn.GRU")}
 
@@ -116,8 +116,9 @@ def test_bench_peers_prints_a_table(capsys: pytest.CaptureFixture[str], restore_
     assert main(["bench", "--peers", "--shape", "2,5,3,4", "--repeats", "1", "--threads", "1", "--backends",
                  "FastGRU"]) == 0  # nn.GRU, the reference, always joins
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("threads=1 torch=") and "median ms" in lines[2]
-    assert [line.split()[4:6] for line in lines[3:7]] == [["fwd", "nn.GRU"], ["fwd", "FastGRU"],
+    assert lines[0] == isa.describe()  # the processor and the kernel path, before the table
+    assert lines[1].startswith("threads=1 torch=") and "median ms" in lines[3]
+    assert [line.split()[4:6] for line in lines[4:8]] == [["fwd", "nn.GRU"], ["fwd", "FastGRU"],
                                                           ["fwd+bwd", "nn.GRU"], ["fwd+bwd", "FastGRU"]]
 
 

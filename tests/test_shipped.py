@@ -153,13 +153,23 @@ def _damage(path: Path, how: str) -> None:
         raw[16] = ord("#")
     elif how == "trailing bytes":
         raw += b"\0\0\0\0"
-    elif how in ("version", "shape", "nan", "classes reordered", "classes renamed"):
+    elif how == "deeply nested header":
+        blob = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+        raw = bytearray(raw[:8] + struct.pack("<Q", len(blob)) + blob + raw[16 + length :])
+    elif how in ("version", "shape", "nan", "classes reordered", "classes renamed", "padding_idx outside the embedding",
+                 "float max_len", "shape product wraps int64"):
         if how == "version":
             header["version"] = 99
         elif how == "classes reordered":  # the labels of two outputs swapped: a wrong answer if trusted
             header["classes"] = header["classes"][1::-1] + header["classes"][2:]
         elif how == "classes renamed":
             header["classes"] = ["A", "B", "C", "D"]
+        elif how == "padding_idx outside the embedding":
+            header["model_config"]["padding_idx"] = 10**9
+        elif how == "float max_len":
+            header["train_config"]["max_len"] = 3.5
+        elif how == "shape product wraps int64":
+            header["tensors"][0]["shape"], header["tensors"][0]["nbytes"] = [2**32, 2**32], 0
         elif how == "shape":
             header["tensors"][0]["shape"] = [header["tensors"][0]["shape"][0] - 1, 1]
         blob = json.dumps(header).encode()
@@ -170,7 +180,8 @@ def _damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncated", "magic", "header length", "not json", "trailing bytes", "version",
-                                 "shape", "nan", "classes reordered", "classes renamed"])
+                                 "shape", "nan", "classes reordered", "classes renamed", "deeply nested header",
+                                 "padding_idx outside the embedding", "float max_len", "shape product wraps int64"])
 def test_a_damaged_file_is_refused_with_one_line(tiny, how: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = tiny[0]
     _damage(path, how)
