@@ -162,10 +162,28 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)`` so that ``path`` is never seen half-written (module docstring)."""
     with atomic_output(path) as tmp:  # torch.save's ENOSPC names no file: atomic_output names ``path``
         with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+            try:
+                torch.save(obj, handle)
+            except RuntimeError as error:  # the zip writer's own words for a failed write
+                if "inline_container" not in str(error):
+                    raise
+                raise _failed_write(tmp, error) from None
         delay = float(os.environ.get(_SLEEP_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
+
+
+def _failed_write(tmp: Path, error: RuntimeError) -> OSError:
+    """The OSError behind torch.save's "[enforce fail at inline_container.cc] unexpected pos" (a write that
+    stopped short): ENOSPC when the file system has less than 1 MiB left, else EIO with torch's words."""
+    try:
+        usage = os.statvfs(tmp.parent)
+        full = usage.f_bavail * usage.f_frsize < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, f"the write stopped short ({str(error).splitlines()[0][:120]})")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
