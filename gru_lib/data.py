@@ -25,6 +25,7 @@ import http.client
 import io
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -158,6 +159,56 @@ def _where_to_put(ag_dir: Path, base: str) -> str:
     )
 
 
+class _Watchdog:
+    """Shuts down the sockets of one download when its deadline passes, so that a mirror that trickles its
+    headers or its body a byte at a time (each read well within ``timeout``) cannot hold the download open:
+    the blocked read then fails, and :attr:`fired` says why."""
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(deadline, self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sockets.append(sock)
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener whose HTTP and HTTPS connections register their sockets here."""
+        watchdog = self
+
+        def watched(base: type) -> type:
+            class Connection(base):  # type: ignore[misc, valid-type]
+                def connect(self) -> None:
+                    super().connect()
+                    watchdog.watch(self.sock)
+            return Connection
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(watched(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                extra = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}
+                return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context, **extra)
+
+        return urllib.request.build_opener(Http, Https)
+
+
 def _download(url: str, target: Path, md5: str, *, timeout: float, progress: bool,
               deadline: float = DOWNLOAD_DEADLINE_S) -> None:
     """Fetch ``url`` into ``target``: temporary file in the same folder, check length and md5, then rename.
@@ -166,9 +217,15 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
 
     target.parent.mkdir(parents=True, exist_ok=True)
     received, total, started = 0, None, time.monotonic()
+    watchdog = _Watchdog(deadline)
+
+    def too_slow() -> DataError:
+        return DataError(f"download of {url} took longer than {deadline:.0f} s (got {received:,} bytes; the "
+                         "mirror is too slow); nothing was kept")
+
     try:
-        with atomic_output(target) as tmp:  # renamed onto target only once the checks below pass
-            with open(tmp, "wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:
+        with watchdog, atomic_output(target) as tmp:  # renamed onto target only once the checks below pass
+            with open(tmp, "wb") as handle, watchdog.opener().open(url, timeout=timeout) as response:
                 declared = response.headers.get("Content-Length")
                 total = int(declared) if declared and declared.isdigit() else None
                 digest = hashlib.md5()
@@ -177,12 +234,13 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
                 ) as bar:
                     while chunk := response.read1(_CHUNK):  # what has arrived: read() would wait for it all
                         if time.monotonic() - started > deadline:
-                            raise DataError(f"download of {url} took longer than {deadline:.0f} s (got "
-                                            f"{received:,} bytes; the mirror is too slow); nothing was kept")
+                            raise too_slow()
                         handle.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
+            if watchdog.fired:  # the watchdog ended the body early
+                raise too_slow()
             if total is not None and received != total:
                 raise DataError(f"download of {url} was cut short: got {received:,} of {total:,} bytes; "
                                 "nothing was kept")
@@ -194,12 +252,16 @@ def _download(url: str, target: Path, md5: str, *, timeout: float, progress: boo
     except urllib.error.HTTPError as error:
         raise DataError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
     except http.client.IncompleteRead as error:
+        if watchdog.fired:
+            raise too_slow() from None
         raise DataError(
             f"download of {url} was cut short: got {received + len(error.partial):,} bytes"
             + (f" of {total:,}" if total is not None else "")
             + "; nothing was kept"
         ) from None
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as error:
+        if watchdog.fired:  # the watchdog shut the connection while headers trickled in
+            raise too_slow() from None
         reason = getattr(error, "reason", None) or error
         raise DataError(f"could not download {url} ({reason})") from None
 
