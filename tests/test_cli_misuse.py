@@ -438,7 +438,10 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path: Path) -> None:
     assert load_checkpoint(out / "checkpoint.pt", require_training=True)["training"]["step"] == 1500
 
 
-def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("part", ["body", "headers"])
+def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path, part: str) -> None:
+    """A byte every 0.1 s keeps each read quick, so only the whole download's deadline ends it: in the body
+    (read1 returns what has arrived) and in the headers (a watchdog shuts the connection)."""
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -447,10 +450,13 @@ def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
 
     class Trickle(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            for _ in range(40):  # one byte every 0.1 s: each read is quick, the whole never ends in time
+            if part == "body":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+            else:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")  # then a header line that never ends
+            for _ in range(300):  # 30 s, far past the 1 s deadline
                 try:
                     self.wfile.write(b"x")
                     self.wfile.flush()
@@ -463,6 +469,7 @@ def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
     try:
         with pytest.raises(DataError, match=r"took longer than 1 s .*nothing was kept"):
             ensure_ag_news(tmp_path, url_base=f"http://127.0.0.1:{server.server_address[1]}", splits=("test",),
@@ -470,6 +477,7 @@ def test_a_trickling_mirror_hits_the_overall_deadline(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+    assert time.monotonic() - started < 10
     assert not list((tmp_path / "ag_news").iterdir())
 
 

@@ -85,6 +85,27 @@ static inline void tanh_n(vf* x) {  // 1 - 2 / (exp(2x) + 1)
   for (int i = 0; i < N; ++i) x[i] = 1.0f - 2.0f / (x[i] + 1.0f);
 }
 
+// acc += h[:, k] * W_hh[the tile's units, k] for the tile's BT rows: the weights of step k (wk) as 3 * HV
+// vectors, each row's state value broadcast. Every loop has a compile-time trip count and is unrolled, so the
+// accumulators stay in registers.
+template <int BT, int HV>
+__attribute__((always_inline)) static inline void accumulate(vf (&acc)[BT][3][HV], const float* wk,
+                                                             const float* hp, int64_t H, int64_t k) {
+  vf wv[3][HV];
+#pragma GCC unroll 64
+  for (int g = 0; g < 3; ++g)
+#pragma GCC unroll 64
+    for (int v = 0; v < HV; ++v) std::memcpy(&wv[g][v], wk + g * kBlock + v * kLanes, sizeof(vf));
+#pragma GCC unroll 64
+  for (int b = 0; b < BT; ++b) {
+    const vf hb = splat(hp[b * H + k]);
+#pragma GCC unroll 64
+    for (int g = 0; g < 3; ++g)
+#pragma GCC unroll 64
+      for (int v = 0; v < HV; ++v) acc[b][g][v] += wv[g][v] * hb;
+  }
+}
+
 // Rows [b0, b0 + BT) of halves [hv0, hv0 + HV) of block jb at step t.
 template <int BT, int HV, int KU>
 static void tile(const Problem& P, int64_t t, int64_t jb, int hv0, int64_t b0) {
@@ -100,45 +121,11 @@ static void tile(const Problem& P, int64_t t, int64_t jb, int hv0, int64_t b0) {
       for (int g = 0; g < 3; ++g)
 #pragma GCC unroll 64
         for (int v = 0; v < HV; ++v) acc[u][b][g][v] = vf{};
-  // Accumulator set u += h[:, k] * W_hh[the tile's units, k]: the weights as 3 * HV vectors, each row's state
-  // value broadcast. Every loop has a compile-time trip count and is unrolled, so the accumulators stay in
-  // registers.
   int64_t k = 0;
-  for (; k + KU <= H; k += KU) {
+  for (; k + KU <= H; k += KU)
 #pragma GCC unroll 64
-    for (int u = 0; u < KU; ++u) {
-      const float* wk = w + (k + u) * kPanel;
-      vf wv[3][HV];
-#pragma GCC unroll 64
-      for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 64
-        for (int v = 0; v < HV; ++v) std::memcpy(&wv[g][v], wk + g * kBlock + v * kLanes, sizeof(vf));
-#pragma GCC unroll 64
-      for (int b = 0; b < BT; ++b) {
-        const vf hb = splat(hp[b * H + k + u]);
-#pragma GCC unroll 64
-        for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 64
-          for (int v = 0; v < HV; ++v) acc[u][b][g][v] += wv[g][v] * hb;
-      }
-    }
-  }
-  for (; k < H; ++k) {
-    const float* wk = w + k * kPanel;
-    vf wv[3][HV];
-#pragma GCC unroll 64
-    for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 64
-      for (int v = 0; v < HV; ++v) std::memcpy(&wv[g][v], wk + g * kBlock + v * kLanes, sizeof(vf));
-#pragma GCC unroll 64
-    for (int b = 0; b < BT; ++b) {
-      const vf hb = splat(hp[b * H + k]);
-#pragma GCC unroll 64
-      for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 64
-        for (int v = 0; v < HV; ++v) acc[0][b][g][v] += wv[g][v] * hb;
-    }
-  }
+    for (int u = 0; u < KU; ++u) accumulate<BT, HV>(acc[u], w + (k + u) * kPanel, hp, H, k + u);
+  for (; k < H; ++k) accumulate<BT, HV>(acc[0], w + k * kPanel, hp, H, k);
 #pragma GCC unroll 64
   for (int u = 1; u < KU; ++u)
 #pragma GCC unroll 64
