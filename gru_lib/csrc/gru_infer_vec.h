@@ -112,15 +112,7 @@ static void tile(const Problem& P, int64_t t, int64_t jb, int hv0, int64_t b0) {
   const int64_t H = P.H;
   const float* hp = P.prev(t) + b0 * H;
   const float* w = P.wp + jb * H * kPanel + hv0 * kLanes;  // gate g, half v of step k: w + k * kPanel + g * 16 + v * 8
-  vf acc[KU][BT][3][HV];
-#pragma GCC unroll 64
-  for (int u = 0; u < KU; ++u)
-#pragma GCC unroll 64
-    for (int b = 0; b < BT; ++b)
-#pragma GCC unroll 64
-      for (int g = 0; g < 3; ++g)
-#pragma GCC unroll 64
-        for (int v = 0; v < HV; ++v) acc[u][b][g][v] = vf{};
+  vf acc[KU][BT][3][HV] = {};  // KU independent sets over k, summed below
   int64_t k = 0;
   for (; k + KU <= H; k += KU)
 #pragma GCC unroll 64
