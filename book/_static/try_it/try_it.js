@@ -178,7 +178,7 @@
     const logits = affine(W, b, pool(model, outputs, embeddings), 0, W.shape[0]);
     const top = Math.max(...logits), exps = Array.from(logits, (v) => Math.exp(v - top));
     const total = exps.reduce((s, v) => s + v, 0);
-    return {text: text, tokens: tokens.length ? tokens : ["<unk>"], ids: ids, gates: gates,
+    return {text: text, tokens: tokens.length ? tokens : ["<unk>"], ids: ids, gates: gates, words: tokens.length > 0,
             probabilities: exps.map((v) => v / total)};
   }
 
@@ -195,6 +195,14 @@
   }
 
   function showProbabilities(model, result, box) {
+    if (!result.words) {  // nothing left after cleaning: no topic, as `python -m gru_lib predict` refuses it
+      const note = document.createElement("p");
+      note.className = "try-it-none";
+      note.textContent = "No words to classify: type a headline.";
+      box.replaceChildren(note);
+      box.dataset.topic = "";
+      return;
+    }
     const best = result.probabilities.indexOf(Math.max(...result.probabilities));
     box.replaceChildren(...model.classes.map((topic, k) => {
       const p = result.probabilities[k], row = document.createElement("div");
