@@ -15,6 +15,7 @@ code too; a value the CPU cannot run is refused in one line (:class:`gru_lib.err
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from collections.abc import Iterator
@@ -41,8 +42,9 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+@functools.cache
 def cpu_levels() -> tuple[str, ...]:
-    """The paths this CPU runs, slowest first: always ``portable``; ``avx2`` with AVX2 and FMA; ``avx512``
+    """The paths this CPU runs, slowest first (read once per process: every kernel call asks): always ``portable``; ``avx2`` with AVX2 and FMA; ``avx512``
     with AVX-512F and FMA (x86-64 only)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ("portable",)
