@@ -355,3 +355,9 @@ def test_disabled_declines_and_nests() -> None:
         kernel = fast_gru_scan(x, h0, None, w_ih, w_hh, b_ih, b_hh)
         for a, b in zip(loop, kernel):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_python_and_the_kernel_see_the_same_cpu(module) -> None:
+    """gru_lib.isa reads the CPU's flags from /proc/cpuinfo, the kernels ask the compiler's runtime
+    (__builtin_cpu_supports): both must name the same best path, or a forced path could be refused wrongly."""
+    assert isa.LEVELS[module.cpu_isa()] == isa.cpu_levels()[-1]
