@@ -46,7 +46,8 @@ import torch
 
 from gru_lib.atomic import atomic_write, terminate_as_interrupt
 from gru_lib.baseline import C_GRID, MODELS, NGRAMS, tune_linear
-from gru_lib.cli import OneLineParser, job_count, open_fraction, positive_float, positive_int, seed_value, thread_count
+from gru_lib.cli import (OneLineParser, file_in_the_way, job_count, open_fraction, positive_float, positive_int,
+                         seed_value, thread_count)
 from gru_lib.config import TrainConfig
 from gru_lib.data import CLASSES, NewsExample, default_data_dir, load_ag_news
 from gru_lib.errors import GruLibError
@@ -287,7 +288,7 @@ def _check_out(parser: argparse.ArgumentParser, out: Path, force: bool) -> None:
     ``--force``), a path below a file, or an existing file without ``--force``."""
     if not str(out).strip() or out.is_dir():
         parser.error(f"--out {out}: is a directory or empty (name the JSON file to write)")
-    below_file = next((part for part in out.parents if part.exists() and not part.is_dir()), None)
+    below_file = file_in_the_way(out.parent)
     if below_file is not None:
         parser.error(f"--out {out}: {below_file} is not a directory")
     if out.exists() and not force:

@@ -693,14 +693,19 @@ def _same_file(a: Path, b: Path) -> bool:
     return False
 
 
+def file_in_the_way(parent: Path) -> Path | None:
+    """The nearest existing part of ``parent`` (itself or an ancestor) when it is not a directory: the file that
+    keeps an output below it from being written; None when that part is a directory, or nothing exists."""
+    existing = next((part for part in (parent, *parent.parents) if part.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def _missing_parent(flag: str, value: str, parent: Path) -> GruLibError:
     """The error for an output whose directory is not there: its nearest existing part is a file, or the
     directory does not exist."""
-    for part in (parent, *parent.parents):
-        if part.exists():
-            if not part.is_dir():
-                return GruLibError(f"{flag} {value}: {part} is not a directory")
-            break
+    blocker = file_in_the_way(parent)
+    if blocker is not None:
+        return GruLibError(f"{flag} {value}: {blocker} is not a directory")
     return GruLibError(f"{flag} {value}: the directory {parent} does not exist")
 
 
