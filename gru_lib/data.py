@@ -308,9 +308,9 @@ def ensure_ag_news(
 
 
 def refuse_non_file(target: Path) -> None:
-    """Raise :class:`DataError` when ``target`` exists (or is a link) but is no regular file. A split's path that exists but is no file (a directory, a symlink loop, a broken symlink, a device)
-    is the user's to fix: say what it is, never "not found" with a download hint (a download would fail to
-    replace it, or replace what a link points to)."""
+    """Raise :class:`DataError` when ``target`` exists (or is a link) but is no regular file: a directory, a
+    symlink loop, a broken symlink or a device is the user's to fix, so the message says what it is, never
+    "not found" with a download hint (a download would fail to replace it, or replace what a link points to)."""
     if target.is_symlink() and not target.exists():
         try:
             target.stat()

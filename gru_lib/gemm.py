@@ -13,8 +13,8 @@ products; Appendix A1 does it in the book).
                              sum over row chunks of (x_c^T dy_c)^T, each x_c^T a small transposed copy
     db = sum of dy's rows
 
-It applies on CPU, for float32 and bfloat16 (bfloat16 where oneDNN has a kernel for it on this CPU), with ``torch.backends.mkldnn`` enabled and outside autocast;
-everywhere else :func:`linear` is ``F.linear``. Results differ from MKL's by float rounding only.
+It applies on CPU, for float32 and bfloat16 (bfloat16 where oneDNN has a kernel for it on this CPU), with
+``torch.backends.mkldnn`` enabled and outside autocast; everywhere else :func:`linear` is ``F.linear``. Results differ from MKL's by float rounding only.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def _cpu_flags() -> set[str]:
 
 @functools.cache
 def cpu_levels() -> tuple[str, ...]:
-    """The paths this CPU runs, slowest first (read once per process: every kernel call asks): always ``portable``; ``avx2`` with AVX2 and FMA; ``avx512``
-    with AVX-512F and FMA (x86-64 only)."""
+    """The paths this CPU runs, slowest first: always ``portable``; ``avx2`` with AVX2 and FMA; ``avx512`` with
+    AVX-512F and FMA (x86-64 only). Read once per process: every kernel call asks."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ("portable",)
     flags = _cpu_flags()
